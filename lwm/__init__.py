@@ -1,0 +1,1 @@
+"""LWM-PyTorch."""

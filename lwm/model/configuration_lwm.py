@@ -1,0 +1,69 @@
+"""LWMConfig: a LLaMA configuration plus the vision vocabulary of the Large World Model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import LlamaConfig
+
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
+
+
+class LWMConfig(LlamaConfig):
+    """LLaMA fields (`vocab_size` is the text vocabulary) plus the vision token space.
+
+    One id space: text ids are [0, vocab_size); vision code c is vocab_size + c; `<eof>` (end of
+    frame) is vocab_size + K and `<eov>` (end of vision) vocab_size + K + 1, with K =
+    `num_vision_codes`. `vision_vocab_size` >= K + 2 rows exist in the vision table and head
+    (LWM: 8448). The attention backend is `attn_implementation`: "sdpa", "blockwise", "ring" or
+    "flash_attention_2"; `attn_q_chunk`/`attn_kv_chunk` size the blocks of blockwise and ring.
+    """
+
+    model_type = "lwm"
+
+    vision_vocab_size: int = 8448
+    num_vision_codes: int = 8192
+    attn_q_chunk: int = 512
+    attn_kv_chunk: int = 512
+
+    def validate_architecture(self):
+        super().validate_architecture()
+        if self.vision_vocab_size < self.num_vision_codes + 2:
+            raise ValueError(
+                f"vision_vocab_size ({self.vision_vocab_size}) must hold the {self.num_vision_codes} codes "
+                "plus <eof> and <eov>"
+            )
+        if self.attn_q_chunk < 1 or self.attn_kv_chunk < 1:
+            raise ValueError("attn_q_chunk and attn_kv_chunk must be positive")
+
+    @property
+    def text_vocab_size(self) -> int:
+        return self.vocab_size
+
+    @property
+    def eof_token_id(self) -> int:
+        return self.vocab_size + self.num_vision_codes
+
+    @property
+    def eov_token_id(self) -> int:
+        return self.vocab_size + self.num_vision_codes + 1
+
+    @property
+    def total_vocab_size(self) -> int:
+        return self.vocab_size + self.vision_vocab_size
+
+    @classmethod
+    def preset_names(cls) -> list[str]:
+        return sorted(path.stem for path in PRESETS_DIR.glob("*.json"))
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "LWMConfig":
+        """A named configuration from configs/models/, e.g. "lwm-7b" or "tiny"; keywords override fields."""
+        path = PRESETS_DIR / f"{name}.json"
+        if not path.is_file():
+            raise ValueError(f"unknown model preset {name!r}; available: {', '.join(cls.preset_names())}")
+        fields = json.loads(path.read_text())
+        fields.pop("_comment", None)
+        fields.update(overrides)
+        return cls(**fields)

@@ -1,0 +1,293 @@
+"""LWMForCausalLM: a LLaMA decoder that reads and writes text and vision tokens.
+
+The trunk is transformers' `LlamaModel` (its layers, norms and rotary embedding are used as they
+are); around it sit two embedding tables and two heads, exactly as in LWM, so its weights map
+one-to-one. Ids live in one space (text first, then vision), so `generate()` and logits
+processors work unchanged and the vision mask is `input_ids >= vocab_size`.
+
+Attention masks are described by `segment_ids` (packed documents, padding) and causality, never by
+a dense seq × seq tensor, except for the "sdpa"/"eager" backends that need one.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, LlamaModel, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import logging as hf_logging
+
+from lwm.model import attention  # noqa: F401  (registers the "blockwise" and "ring" backends)
+from lwm.model.configuration_lwm import LWMConfig
+
+IGNORE_INDEX = -100
+_SEGMENT_BACKENDS = ("blockwise", "ring")
+
+
+@dataclass
+class LWMCausalLMOutput(CausalLMOutputWithPast):
+    text_loss: torch.Tensor | None = None
+    vision_loss: torch.Tensor | None = None
+
+
+class LWMPreTrainedModel(PreTrainedModel):
+    config: LWMConfig
+    config_class = LWMConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LlamaDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+
+class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
+    def __init__(self, config: LWMConfig):
+        super().__init__(config)
+        self.model = LlamaModel(config)
+        self.vision_embed_tokens = nn.Embedding(config.vision_vocab_size, config.hidden_size)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.vision_head = nn.Linear(config.hidden_size, config.vision_vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        vocab = self.config.vocab_size
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.total_vocab_size):
+            raise ValueError(
+                f"token ids must lie in [0, {self.config.total_vocab_size}), got "
+                f"[{input_ids.min().item()}, {input_ids.max().item()}]"
+            )
+        is_vision = input_ids >= vocab
+        text = self.model.embed_tokens(input_ids.masked_fill(is_vision, 0))
+        vision = self.vision_embed_tokens((input_ids - vocab).clamp(min=0))
+        return torch.where(is_vision[..., None], vision, text)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        segment_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        shift_labels: torch.LongTensor | None = None,
+        loss_weights: torch.Tensor | None = None,
+        loss_denominators: tuple[torch.Tensor, torch.Tensor] | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> LWMCausalLMOutput:
+        """Logits over [text | vision] and, given labels, LWM's loss.
+
+        labels: the ids to predict, aligned with input_ids (shifted inside, transformers-style);
+            -100 = no loss. Or shift_labels: already aligned with the predicting position (for
+            sequence-parallel shards, where the next token may live on another rank).
+        loss_weights: per-target weights aligned with labels / shift_labels (packing uses them).
+        loss_denominators: (text, vision) totals to divide by instead of this call's own weight
+            sums, so shards of one batch add up to the loss of the whole batch.
+        segment_ids: [batch, past + seq] document ids; positions attend only within their
+            document. A 2-D attention_mask (padding) is treated as segments {0: pad, 1: tokens}.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        hidden = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        batch, seq = hidden.shape[:2]
+
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        segments = _segments(segment_ids, attention_mask, batch, past + seq)
+        if position_ids is None:
+            position_ids = _positions(segments, attention_mask, past, seq, hidden.device)
+        attention_inputs = self._attention_inputs(segments, attention_mask, position_ids, past, seq, hidden.device)
+
+        position_embeddings = self.model.rotary_emb(hidden, position_ids=position_ids)
+        for layer in self.model.layers:
+            hidden = layer(
+                hidden,
+                position_embeddings=position_embeddings,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                **attention_inputs,
+                **kwargs,
+            )
+        hidden = self.model.norm(hidden)
+
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = torch.cat([self.lm_head(hidden), self.vision_head(hidden)], dim=-1)
+
+        loss = text_loss = vision_loss = None
+        if labels is not None or shift_labels is not None:
+            targets, weights = _align_targets(labels, shift_labels, loss_weights, segments, seq)
+            if logits_to_keep:
+                raise ValueError("logits_to_keep cannot be combined with labels")
+            loss, text_loss, vision_loss = lwm_loss(
+                logits, targets, weights, self.config.vocab_size, loss_denominators
+            )
+        return LWMCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=past_key_values,
+            text_loss=text_loss,
+            vision_loss=vision_loss,
+        )
+
+    def _attention_inputs(self, segments, attention_mask, position_ids, past, seq, device) -> dict:
+        backend = self.config._attn_implementation
+        if backend in _SEGMENT_BACKENDS:
+            return {"segment_ids": segments, "attention_mask": None}
+        if backend == "flash_attention_2":
+            # transformers' flash path unpads with a 2-D mask and detects packing from position_ids.
+            return {"attention_mask": attention_mask}
+        if segments is None and (past == 0 or seq == 1) and backend == "sdpa":
+            return {"attention_mask": None}  # plain causal: lets SDPA use its fused causal kernel
+        allowed = dense_mask(segments, past, seq, device)
+        if backend == "eager":  # eager adds the mask to the scores
+            additive = torch.zeros(allowed.shape, dtype=self.dtype, device=device)
+            return {"attention_mask": additive.masked_fill_(~allowed, torch.finfo(self.dtype).min)}
+        return {"attention_mask": allowed}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Loads LWM checkpoints, and also plain text-only LLaMA ones (e.g. LWM-Text).
+
+        A LLaMA checkpoint fills the trunk and the text head; the vision table and head are newly
+        initialised, and a warning says so once.
+        """
+        config_path = Path(pretrained_model_name_or_path) / "config.json"
+        if "config" in kwargs or not config_path.is_file():
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        fields = json.loads(config_path.read_text())
+        if fields.get("model_type") == "lwm":
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if fields.get("model_type") != "llama":
+            raise ValueError(
+                f"{pretrained_model_name_or_path} holds a {fields.get('model_type')!r} model; "
+                "LWMForCausalLM loads 'lwm' and text-only 'llama' checkpoints"
+            )
+        return cls._from_llama(pretrained_model_name_or_path, fields, *args, **kwargs)
+
+    @classmethod
+    def _from_llama(cls, path, fields, *args, **kwargs):
+        for key in ("model_type", "architectures", "transformers_version", "torch_dtype", "dtype"):
+            fields.pop(key, None)
+        vision_defaults = LWMConfig.from_preset("lwm-7b")
+        fields.setdefault("vision_vocab_size", vision_defaults.vision_vocab_size)
+        fields.setdefault("num_vision_codes", vision_defaults.num_vision_codes)
+        for key in ("attn_implementation", "vision_vocab_size", "num_vision_codes"):
+            if key in kwargs:
+                fields[key] = kwargs.pop(key)
+        config = LWMConfig(**fields)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # our own warning below replaces the generic missing-keys one
+        try:
+            model, info = super().from_pretrained(path, *args, config=config, output_loading_info=True, **kwargs)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        unexpected_missing = [k for k in info["missing_keys"] if not k.startswith(("vision_embed_tokens", "vision_head"))]
+        if unexpected_missing:
+            raise ValueError(f"{path} is missing LLaMA weights: {', '.join(sorted(unexpected_missing)[:8])}")
+        warnings.warn(
+            f"{path} is a text-only LLaMA checkpoint: the vision embedding and vision head "
+            f"({config.vision_vocab_size} rows) are newly initialised. Train them before using vision tokens.",
+            stacklevel=2,
+        )
+        return model
+
+
+def _segments(segment_ids, attention_mask, batch: int, total: int) -> torch.Tensor | None:
+    if segment_ids is not None:
+        if tuple(segment_ids.shape) != (batch, total):
+            raise ValueError(f"segment_ids must be [batch, past + seq] = {(batch, total)}, got {tuple(segment_ids.shape)}")
+        return segment_ids
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch, total):
+        raise ValueError(f"attention_mask must be [batch, past + seq] = {(batch, total)}, got {tuple(attention_mask.shape)}")
+    if bool(attention_mask.all()):
+        return None
+    return attention_mask.long()
+
+
+def _positions(segments, attention_mask, past: int, seq: int, device) -> torch.LongTensor:
+    """Positions restart at 0 in every document; padding does not advance them (LWM: cumsum - 1)."""
+    if segments is None:
+        return torch.arange(past, past + seq, device=device)[None]
+    if attention_mask is not None and segments.max() <= 1:
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq:]
+    index = torch.arange(segments.shape[1], device=device).expand_as(segments)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    last_start = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=-1).values
+    return (index - last_start)[:, -seq:]
+
+
+def dense_mask(segments, past: int, seq: int, device) -> torch.Tensor:
+    """[batch | 1, 1, seq, past + seq] boolean mask: causal, and within one segment."""
+    q_pos = torch.arange(past, past + seq, device=device)
+    k_pos = torch.arange(past + seq, device=device)
+    allowed = (k_pos[None, :] <= q_pos[:, None])[None, None]
+    if segments is not None:
+        allowed = allowed & (segments[:, None, -seq:, None] == segments[:, None, None, :])
+    return allowed
+
+
+def _align_targets(labels, shift_labels, loss_weights, segments, seq):
+    if shift_labels is not None:
+        targets, weights = shift_labels, loss_weights
+    else:
+        # Position t predicts labels[t + 1]; never across a document boundary.
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+        if segments is not None:
+            seg = segments[:, -seq:]
+            crosses = F.pad(seg[:, 1:] != seg[:, :-1], (0, 1), value=True)
+            targets = targets.masked_fill(crosses, IGNORE_INDEX)
+        weights = None if loss_weights is None else F.pad(loss_weights[:, 1:], (0, 1), value=0.0)
+    if weights is not None and weights.shape != targets.shape:
+        raise ValueError(f"loss_weights {tuple(weights.shape)} must match the labels {tuple(targets.shape)}")
+    return targets, weights
+
+
+def lwm_loss(logits, targets, weights, text_vocab: int, denominators=None):
+    """0.5 · (text CE + vision CE), each a (weighted) mean over its own valid targets.
+
+    The modality of a target picks its half of the logits, which equals LWM's separate softmaxes
+    over the text and the vision vocabularies. A modality with no targets contributes 0, as in
+    LWM. `denominators` (text, vision) replace the local weight sums, so that per-shard losses of
+    one batch add up exactly to the loss of the whole batch.
+    """
+    logits = logits.float()
+    valid = targets != IGNORE_INDEX
+    weights = valid.float() if weights is None else weights.float() * valid
+    is_vision = targets >= text_vocab
+    losses = []
+    for index, (selected, half) in enumerate(
+        ((valid & ~is_vision, slice(0, text_vocab)), (valid & is_vision, slice(text_vocab, None)))
+    ):
+        offset = 0 if index == 0 else text_vocab
+        ce = F.cross_entropy(logits[selected][:, half], targets[selected] - offset, reduction="none")
+        numerator = (ce * weights[selected]).sum()
+        denominator = weights[selected].sum() if denominators is None else denominators[index]
+        losses.append(numerator / denominator if float(denominator) > 0 else numerator * 0.0)
+    text_loss, vision_loss = losses
+    return 0.5 * (text_loss + vision_loss), text_loss, vision_loss
