@@ -1,0 +1,184 @@
+import json
+import warnings
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from lwm.model import LWMConfig, LWMForCausalLM, lwm_loss
+
+
+def tiny_model(backend="sdpa", seed=0, **overrides):
+    torch.manual_seed(seed)
+    return LWMForCausalLM(LWMConfig.from_preset("tiny", attn_implementation=backend, **overrides)).eval()
+
+
+def multimodal_ids(config, batch=2, length=48, seed=0):
+    """Text, then a vision run, then text again: both embedding tables and both heads are used."""
+    generator = torch.Generator().manual_seed(seed)
+    text = torch.randint(3, config.vocab_size, (batch, length), generator=generator)
+    vision = config.vocab_size + torch.randint(0, config.num_vision_codes, (batch, length), generator=generator)
+    ids = text.clone()
+    ids[:, length // 4 : 3 * length // 4] = vision[:, length // 4 : 3 * length // 4]
+    return ids
+
+
+def test_lwm_7b_has_exactly_the_videollama_parameter_count():
+    with torch.device("meta"):
+        model = LWMForCausalLM(LWMConfig.from_preset("lwm-7b"))
+    assert sum(p.numel() for p in model.parameters()) == 6_807_621_632
+
+
+def test_presets_and_validation():
+    config = LWMConfig.from_preset("lwm-7b")
+    assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (4096, 11008, 32)
+    assert config.rope_parameters["rope_theta"] == 5e7 and not config.tie_word_embeddings
+    assert (config.eof_token_id, config.eov_token_id) == (32000 + 8192, 32000 + 8193)
+    with pytest.raises(ValueError, match="unknown model preset 'nope'"):
+        LWMConfig.from_preset("nope")
+    assert LWMConfig.from_preset("tiny", rope_theta=1e6).rope_parameters["rope_theta"] == 1e6
+
+
+def test_logits_are_text_then_vision_and_tables_are_separate():
+    model = tiny_model()
+    config = model.config
+    ids = multimodal_ids(config)
+    logits = model(ids).logits
+    assert logits.shape == (2, ids.shape[1], config.vocab_size + config.vision_vocab_size)
+    with torch.no_grad():
+        model.vision_head.weight.zero_()
+    assert model(ids).logits[..., config.vocab_size :].abs().max() == 0
+    with torch.no_grad():
+        model.vision_embed_tokens.weight.add_(1.0)
+    changed = model(ids).logits[..., : config.vocab_size]
+    assert not torch.allclose(changed, logits[..., : config.vocab_size])
+
+
+def test_out_of_range_ids_are_a_clear_error():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="token ids must lie in"):
+        model(torch.tensor([[model.config.total_vocab_size]]))
+
+
+def test_loss_is_half_text_plus_half_vision_over_own_positions():
+    model = tiny_model()
+    config = model.config
+    ids = multimodal_ids(config)
+    out = model(ids, labels=ids)
+    logits, targets = out.logits[:, :-1].double(), ids[:, 1:]
+    is_vision = targets >= config.vocab_size
+    text_ce = torch.nn.functional.cross_entropy(logits[~is_vision][:, : config.vocab_size], targets[~is_vision])
+    vision_ce = torch.nn.functional.cross_entropy(
+        logits[is_vision][:, config.vocab_size :], targets[is_vision] - config.vocab_size
+    )
+    torch.testing.assert_close(out.loss.double(), 0.5 * (text_ce + vision_ce), rtol=1e-6, atol=1e-6)
+
+
+def test_loss_weights_weigh_each_target():
+    logits = torch.randn(1, 4, 10)
+    targets = torch.tensor([[1, 2, 3, -100]])
+    weights = torch.tensor([[1.0, 3.0, 0.0, 5.0]])
+    loss, text_loss, vision_loss = lwm_loss(logits, targets, weights, text_vocab=6)
+    ce = torch.nn.functional.cross_entropy(logits[0, :3, :6], targets[0, :3], reduction="none")
+    torch.testing.assert_close(text_loss, (ce[0] + 3 * ce[1]) / 4)
+    assert vision_loss == 0 and torch.isclose(loss, 0.5 * text_loss)
+
+
+@pytest.mark.parametrize("backend", ["blockwise", "eager"])
+def test_backends_agree_with_sdpa(backend):
+    ids = multimodal_ids(LWMConfig.from_preset("tiny"))
+    reference, other = tiny_model("sdpa"), tiny_model(backend)
+    segments = torch.tensor([[1] * 20 + [2] * 28, [1] * 48])
+    for kwargs in ({}, {"segment_ids": segments}):
+        want, got = reference(ids, labels=ids, **kwargs), other(ids, labels=ids, **kwargs)
+        torch.testing.assert_close(got.logits, want.logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "blockwise"])
+def test_packed_row_equals_documents_run_separately(backend):
+    model = tiny_model(backend)
+    config = model.config
+    first, second = multimodal_ids(config, 1, 20, seed=1), multimodal_ids(config, 1, 28, seed=2)
+    packed = torch.cat([first, second], dim=1)
+    segments = torch.tensor([[1] * 20 + [2] * 28])
+    logits = model(packed, segment_ids=segments).logits
+    torch.testing.assert_close(logits[:, :20], model(first).logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits[:, 20:], model(second).logits, atol=1e-5, rtol=0)
+
+
+def test_no_position_attends_across_a_document_boundary():
+    model = tiny_model("blockwise")
+    ids = multimodal_ids(model.config, 1, 40)
+    segments = torch.tensor([[1] * 15 + [2] * 25])
+    base = model(ids, segment_ids=segments).logits
+    changed = ids.clone()
+    changed[0, :15] = torch.randint(3, model.config.vocab_size, (15,))
+    after = model(changed, segment_ids=segments).logits
+    torch.testing.assert_close(after[:, 15:], base[:, 15:], atol=1e-6, rtol=0)
+
+
+def test_greedy_generate_with_cache_equals_recomputation():
+    model = tiny_model("blockwise")
+    prompt = multimodal_ids(model.config, 2, 12)
+    generated = model.generate(prompt, max_new_tokens=10, do_sample=False, use_cache=True, pad_token_id=0)
+    ids = prompt
+    for _ in range(10):
+        next_id = model(ids).logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, next_id], dim=1)
+    assert torch.equal(generated, ids)
+
+
+def test_left_padded_generation_matches_unpadded():
+    model = tiny_model("sdpa")
+    prompt = multimodal_ids(model.config, 1, 10)
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), prompt], dim=1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 10, dtype=torch.long)], dim=1)
+    alone = model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    batched = model.generate(padded, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(alone[:, 10:], batched[:, 13:])
+
+
+def test_save_and_load_round_trip_is_exact(tmp_path):
+    model = tiny_model("blockwise")
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "lwm"
+    loaded = LWMForCausalLM.from_pretrained(tmp_path)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    auto = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert isinstance(auto, LWMForCausalLM) and isinstance(AutoConfig.from_pretrained(tmp_path), LWMConfig)
+
+
+def test_text_only_llama_checkpoint_loads_with_one_clear_warning(tmp_path):
+    torch.manual_seed(0)
+    llama_config = LlamaConfig(
+        vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256,
+    )
+    llama = LlamaForCausalLM(llama_config).eval()
+    llama.save_pretrained(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = LWMForCausalLM.from_pretrained(tmp_path, vision_vocab_size=40, num_vision_codes=32).eval()
+    ours = [w for w in caught if "text-only LLaMA checkpoint" in str(w.message)]
+    assert len(ours) == 1
+    ids = torch.randint(0, 300, (2, 30))
+    want = llama(ids).logits
+    got = model(ids).logits[..., :300]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert model.vision_head.weight.shape == (40, 64)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash-attn needs CUDA")
+def test_flash_attention_2_agrees_with_sdpa_on_gpu():
+    pytest.importorskip("flash_attn")
+    # transformers' flash path recognises packing from restarting position_ids in a batch of one row.
+    ids = multimodal_ids(LWMConfig.from_preset("tiny"), batch=1).cuda()
+    segments = torch.tensor([[1] * 20 + [2] * 28]).cuda()
+    reference = tiny_model("sdpa").cuda().to(torch.bfloat16)
+    flash = tiny_model("flash_attention_2").cuda().to(torch.bfloat16)
+    for kwargs in ({}, {"segment_ids": segments}):
+        want, got = reference(ids, **kwargs).logits.float(), flash(ids, **kwargs).logits.float()
+        torch.testing.assert_close(got, want, atol=3e-2, rtol=0)
