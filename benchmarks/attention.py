@@ -1,0 +1,81 @@
+"""Blockwise attention vs PyTorch SDPA on CPU: time and peak memory of forward + backward.
+
+    .venv/bin/python benchmarks/attention.py                 # 4K ... 64K, causal and packed
+    .venv/bin/python benchmarks/attention.py --lengths 4096 8192 --repeats 3
+
+Every (method, mask, length) runs in a fresh process so its peak resident memory is its own; the
+reported memory is that peak minus the resident size just before the call (inputs included).
+"Packed" splits the sequence into 4 documents: SDPA then needs a dense seq x seq mask, blockwise
+does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, median_seconds, peak_bytes, print_table, resident_bytes, run_worker  # noqa: E402
+
+from lwm.model.attention import blockwise_attention  # noqa: E402
+
+HEADS, HEAD_DIM, CHUNK = 4, 64, 1024
+
+
+def worker(method: str, mask: str, length: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, requires_grad=True) for _ in range(3))
+    segments = None
+    if mask == "packed":
+        segments = torch.arange(length).div(length // 4, rounding_mode="floor")[None] + 1
+
+    def step():
+        if method == "blockwise":
+            out = blockwise_attention(q, k, v, causal=True, segment_ids=segments, q_chunk=CHUNK, kv_chunk=CHUNK)
+        elif segments is None:
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            allowed = torch.ones(length, length, dtype=torch.bool).tril() & (segments[0, :, None] == segments[0, None, :])
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        out.sum().backward()
+
+    before = resident_bytes()
+    seconds = median_seconds(step, repeats, warmup=0 if length >= 32768 else 1)
+    return {"seconds": seconds, "peak_mb": (peak_bytes() - before) / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768, 65536])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per point (1 above 16K)")
+    parser.add_argument("--masks", nargs="+", default=["causal", "packed"])
+    parser.add_argument("--worker", nargs=4, metavar=("METHOD", "MASK", "LENGTH", "REPEATS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        method, mask, length, repeats = args.worker
+        print(json.dumps(worker(method, mask, int(length), int(repeats))))
+        return
+
+    print(f"# attention fwd+bwd, fp32, 1 x {HEADS} heads x head_dim {HEAD_DIM}, chunk {CHUNK}; {machine()}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    rows = []
+    for mask in args.masks:
+        for length in args.lengths:
+            repeats = str(args.repeats if length <= 16384 else 1)
+            ours = run_worker(__file__, "blockwise", mask, str(length), repeats)
+            peer = run_worker(__file__, "sdpa", mask, str(length), repeats)
+            ratio = f"{peer['seconds'] / ours['seconds']:.2f}x" if "seconds" in ours and "seconds" in peer else "-"
+            fmt = lambda r, key, spec: format(r[key], spec) if key in r else r.get("error", "-")  # noqa: E731
+            rows.append([mask, length, fmt(ours, "seconds", ".3f"), fmt(peer, "seconds", ".3f"), ratio,
+                         fmt(ours, "peak_mb", ".0f"), fmt(peer, "peak_mb", ".0f")])
+            print_table(["mask", "seq", "blockwise s", "sdpa s", "speed (sdpa/blockwise)", "blockwise MB", "sdpa MB"], rows[-1:])
+    print()
+    print_table(["mask", "seq", "blockwise s", "sdpa s", "speed (sdpa/blockwise)", "blockwise MB", "sdpa MB"], rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Training-step throughput: LWMForCausalLM vs transformers LlamaForCausalLM of the same size.
+
+    .venv/bin/python benchmarks/train_step.py
+    .venv/bin/python benchmarks/train_step.py --hidden 512 --layers 8 --seq 1024 --batch 2
+
+Both models get the same trunk size and the same token batch, run forward + backward + AdamW step
+in this process, alternating, and report median tokens/s. MFU is achieved model FLOPs (6 · params
+per token plus causal attention) over this machine's measured fp32 GEMM peak (median of square
+matmuls). LWM has two extra tables and heads (vision); they are counted in its FLOPs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, median_seconds, print_table  # noqa: E402
+
+from lwm.model import LWMConfig, LWMForCausalLM  # noqa: E402
+
+
+def gemm_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return 2 * size**3 / median_seconds(lambda: a @ b, repeats)
+
+
+def step_flops(model, config, batch: int, seq: int) -> float:
+    params = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name)
+    attention = 2 * config.num_hidden_layers * seq * seq * config.hidden_size  # causal: half of 4·L²·d, per row
+    return 3 * (2 * params * batch * seq + attention * batch)
+
+
+def train_step(model, ids):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def interleaved_medians(steps: dict, repeats: int) -> dict:
+    """One step of each model per round, so machine noise hits all of them alike."""
+    times = {name: [] for name in steps}
+    for step in steps.values():
+        step()  # warm-up
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name].append(median_seconds(step, 1, warmup=0))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    shape = dict(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=int(args.hidden * 2.6875) // 64 * 64,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
+        max_position_embeddings=args.seq, tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    models = {
+        "transformers LlamaForCausalLM (sdpa)": LlamaForCausalLM(LlamaConfig(**shape, attn_implementation="sdpa")),
+        "LWMForCausalLM (sdpa)": LWMForCausalLM(
+            LWMConfig(**shape, vision_vocab_size=8448, num_vision_codes=8192, attn_implementation="sdpa")
+        ),
+        "LWMForCausalLM (blockwise)": LWMForCausalLM(
+            LWMConfig(**shape, vision_vocab_size=8448, num_vision_codes=8192, attn_implementation="blockwise",
+                      attn_q_chunk=512, attn_kv_chunk=512)
+        ),
+    }
+    ids = torch.randint(0, args.vocab, (args.batch, args.seq))
+    peak = gemm_peak_flops()
+    print(f"# train step fwd+bwd+AdamW, fp32, hidden {args.hidden}, {args.layers} layers, seq {args.seq}, batch "
+          f"{args.batch}; {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"fp32 GEMM peak {peak / 1e9:.1f} GFLOP/s")
+    seconds_by_model = interleaved_medians({n: train_step(m.train(), ids) for n, m in models.items()}, args.repeats)
+    rows, baseline = [], None
+    for name, model in models.items():
+        seconds = seconds_by_model[name]
+        tokens = args.batch * args.seq / seconds
+        baseline = baseline or tokens
+        mfu = step_flops(model, model.config, args.batch, args.seq) / seconds / peak
+        rows.append([name, f"{tokens:.0f}", f"{tokens / baseline:.2f}x", f"{100 * mfu:.1f}%"])
+    print_table(["model", "tokens/s", "vs transformers", "MFU"], rows)
+
+
+if __name__ == "__main__":
+    main()
