@@ -13,7 +13,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet $(TORCH) setuptools wheel
+	# DeepSpeed is built here with its shared-memory op, or its first distributed run compiles it (~40 s).
+	DS_BUILD_SHM_COMM=1 $(PY) -m pip install --quiet --no-cache-dir --no-build-isolation deepspeed
 	$(PY) -m pip install --quiet -e ".[dev,train,serve]"
 	touch $(STAMP)
 
