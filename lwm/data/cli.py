@@ -1,0 +1,57 @@
+"""`lwm data ...`: build pre-tokenized datasets from manifests."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from lwm.data.manifest import ManifestError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+    tokenize = commands.add_parser(
+        "tokenize",
+        help="tokenize a JSONL manifest into sharded token files",
+        description=(
+            "Run the VQGAN once per media file and the text tokenizer over a JSONL manifest (see "
+            "docs/data.md), writing sharded token files and an index to --out. Interrupted runs resume: "
+            "finished shards are kept. Records with missing or corrupt media are skipped, counted and "
+            "listed in OUT/bad_records.jsonl."
+        ),
+    )
+    tokenize.add_argument("manifest", help="the JSONL manifest")
+    tokenize.add_argument("--out", required=True, help="output folder (created; reused to resume)")
+    tokenize.add_argument("--tokenizer", required=True, help="text tokenizer: a folder or a tokenizer.model file")
+    tokenize.add_argument("--vqgan", required=True, help="VQGAN folder (written by VQGAN.save_pretrained)")
+    tokenize.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    tokenize.add_argument("--shard-size", type=int, default=1000, help="manifest records per shard (default: 1000)")
+    tokenize.add_argument("--max-frames", type=int, default=None, help="frames kept per video, spread uniformly")
+    tokenize.add_argument("--max-length", type=int, default=None, help="skip (and count) longer examples")
+    tokenize.add_argument("--device", default="cpu", help="device for the VQGAN (default: cpu)")
+    tokenize.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lwm.data.tokenize import TokenizeConfig, tokenize_manifest
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    config = TokenizeConfig(
+        manifest=args.manifest,
+        out_dir=args.out,
+        tokenizer_dir=args.tokenizer,
+        vqgan_dir=args.vqgan,
+        workers=args.workers,
+        shard_size=args.shard_size,
+        max_frames=args.max_frames,
+        max_length=args.max_length,
+        device=args.device,
+    )
+    try:
+        report = tokenize_manifest(config, progress=not args.no_progress)
+    except (ManifestError, FileNotFoundError, ValueError) as error:
+        print(f"lwm data tokenize: {error}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0

@@ -1,0 +1,131 @@
+"""The streaming loader: exact resume, disjoint and covering dp shards, task mixture, zigzag sp shards."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from lwm.data.loader import ExampleStream, PackedLoader, TokenizedDataset, sequence_parallel_shard, zigzag_shard_local
+from lwm.data.tokenize import TokenizeConfig, tokenize_manifest
+from lwm.tokenizers.configuration_vqgan import VQGANConfig
+from lwm.tokenizers.modeling_vqgan import VQGAN
+from lwm.tokenizers.text import train_text_tokenizer
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """60 text documents of varied lengths in three tasks, through the real `lwm data tokenize` path."""
+    root = tmp_path_factory.mktemp("loader")
+    rng = random.Random(0)
+    words = "a red blue ball square moves left right up down the of and".split()
+    (root / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(300)))
+    train_text_tokenizer([str(root / "corpus.txt")], 300, str(root / "tokenizer"))
+    VQGAN(VQGANConfig.from_preset("tiny", kmeans_init=False)).save_pretrained(root / "vqgan")
+    lines = [
+        json.dumps({"text": " ".join(rng.choice(words) for _ in range(rng.randint(2, 40))), "task": "abc"[i % 3]})
+        for i in range(60)
+    ]
+    (root / "manifest.jsonl").write_text("\n".join(lines))
+    config = TokenizeConfig(str(root / "manifest.jsonl"), str(root / "out"), str(root / "tokenizer"), str(root / "vqgan"), shard_size=16)
+    tokenize_manifest(config, progress=False)
+    return TokenizedDataset(root / "out")
+
+
+def take(loader, count):
+    return [next(loader) for _ in range(count)]
+
+
+def assert_same_batches(first, second):
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("stop_after", [1, 4])
+def test_restore_continues_with_identical_batches(dataset, stop_after):
+    settings = dict(seq_len=48, batch_size=3, seed=7, task_weights={"a": 1.0, "b": 2.0, "c": 1.0})
+    uninterrupted = take(PackedLoader(dataset, **settings), stop_after + 5)
+
+    interrupted = PackedLoader(dataset, **settings)
+    assert_same_batches(take(interrupted, stop_after), uninterrupted[:stop_after])
+    state = json.loads(json.dumps(interrupted.state_dict()))  # survives a checkpoint file
+    restored = PackedLoader(dataset, **settings)
+    restored.load_state_dict(state)
+    assert_same_batches(take(restored, 5), uninterrupted[stop_after:])
+
+
+def test_different_seeds_shuffle_differently(dataset):
+    first = next(PackedLoader(dataset, seq_len=48, batch_size=2, seed=0))["input_ids"]
+    second = next(PackedLoader(dataset, seq_len=48, batch_size=2, seed=1))["input_ids"]
+    assert not torch.equal(first, second)
+
+
+def test_dp_shards_are_disjoint_and_cover_an_epoch(dataset):
+    members = np.flatnonzero(dataset.tasks == "a").tolist()  # 20 examples
+    for world in (1, 2, 4, 5):  # an epoch splits evenly: each rank 20 / world, together all 20 exactly once
+        streams = [ExampleStream(dataset.tasks, {"a": 1.0}, seed=3, dp_rank=r, dp_size=world) for r in range(world)]
+        assert sorted(next(stream) for stream in streams for _ in range(20 // world)) == members
+    # 3 ranks, 7 draws each: the epoch is covered and only the one draw beyond it (epoch 2) repeats
+    streams = [ExampleStream(dataset.tasks, {"a": 1.0}, seed=3, dp_rank=r, dp_size=3) for r in range(3)]
+    flat = [next(stream) for stream in streams for _ in range(7)]
+    assert set(flat) == set(members) and len(flat) - len(set(flat)) == 1
+
+
+def test_dp_shards_of_a_mixture_partition_the_single_process_stream(dataset):
+    world, draws = 3, 5  # few enough draws that no task's 20 examples run out
+    ranks = [ExampleStream(dataset.tasks, seed=5, dp_rank=r, dp_size=world) for r in range(world)]
+    per_rank = [[next(stream) for _ in range(draws)] for stream in ranks]
+    flat = [index for rank in per_rank for index in rank]
+    assert len(set(flat)) == len(flat)  # disjoint
+    # all ranks pick the same tasks in the same order, and rank r takes the task's examples r, r + W, ...
+    # of the one-process stream: together, exactly its first W * (draws of that task) examples
+    single = ExampleStream(dataset.tasks, seed=5)
+    reference = [next(single) for _ in range(300)]
+    for task in "abc":
+        counts = {sum(dataset.tasks[i] == task for i in rank) for rank in per_rank}
+        assert len(counts) == 1
+        expected = [i for i in reference if dataset.tasks[i] == task][: world * counts.pop()]
+        assert sorted(i for i in flat if dataset.tasks[i] == task) == sorted(expected)
+
+
+def test_task_weights(dataset):
+    stream = ExampleStream(dataset.tasks, {"a": 1.0, "b": 0.0, "c": 3.0}, seed=0)
+    drawn = dataset.tasks[[next(stream) for _ in range(2000)]]
+    assert "b" not in drawn
+    assert abs((drawn == "c").mean() - 0.75) < 0.04
+    with pytest.raises(ValueError, match="does not have"):
+        ExampleStream(dataset.tasks, {"z": 1.0})
+
+
+def test_zigzag_sequence_parallel_shards(dataset):
+    batch = next(PackedLoader(dataset, seq_len=48, batch_size=2, seed=1))
+    assert zigzag_shard_local(torch.arange(8), 0, 2).tolist() == [0, 1, 6, 7]
+    assert zigzag_shard_local(torch.arange(8), 1, 2).tolist() == [2, 3, 4, 5]
+    world = 3
+    shards = [sequence_parallel_shard(batch, rank, world) for rank in range(world)]
+    chunk = 48 // (2 * world)
+    for key in ("input_ids", "segment_ids", "position_ids"):
+        rebuilt = torch.empty_like(batch[key])
+        for rank, shard in enumerate(shards):
+            rebuilt[:, rank * chunk : (rank + 1) * chunk] = shard[key][:, :chunk]
+            rebuilt[:, (2 * world - 1 - rank) * chunk : (2 * world - rank) * chunk] = shard[key][:, chunk:]
+        assert torch.equal(rebuilt, batch[key])
+    # shift labels: position t carries labels[t + 1] of the same document, computed before cutting
+    full = sequence_parallel_shard(batch, 0, 1)
+    same_document = batch["segment_ids"][:, 1:] == batch["segment_ids"][:, :-1]
+    expected = torch.where(same_document, batch["labels"][:, 1:], -100)
+    assert torch.equal(full["shift_labels"][:, :-1], expected) and full["shift_labels"][:, -1].eq(-100).all()
+    assert torch.equal(full["loss_weights"][:, :-1], torch.where(same_document, batch["loss_weights"][:, 1:], 0.0))
+    with pytest.raises(ValueError, match="divisible"):
+        PackedLoader(dataset, seq_len=50, batch_size=1, sp_size=2)
+
+
+def test_batches_are_packed_rows(dataset):
+    batch = next(PackedLoader(dataset, seq_len=48, batch_size=4, seed=2))
+    assert batch["input_ids"].shape == (4, 48)
+    assert set(batch) == {"input_ids", "labels", "loss_weights", "segment_ids", "position_ids"}
+    assert (batch["segment_ids"].amax(1) >= 1).all()
