@@ -1,0 +1,154 @@
+"""Logits processors that keep generation inside LWM's token layout.
+
+One id space (DESIGN.md): text ids are [0, V), vision code c is V + c, `<eof>` is V + K and
+`<eov>` V + K + 1; ids from V + K + 2 up to V + vision_vocab_size are reserved and never valid.
+Every constraint here allows one contiguous id interval per row, so each is a single comparison
+against `arange(width)`, and rows of one batch may sit at different stages.
+
+These are `transformers.LogitsProcessor`s: they work in `model.generate(logits_processor=...)` as
+well as in the guided decode loop of `lwm.generation.sampling`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor
+
+from lwm.model.configuration_lwm import LWMConfig
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """Where vision ids live and how a frame is laid out: `codes_per_frame` codes, then a delimiter."""
+
+    text_vocab_size: int
+    num_codes: int
+    codes_per_frame: int
+
+    def __post_init__(self):
+        for name in ("text_vocab_size", "num_codes", "codes_per_frame"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @classmethod
+    def from_config(cls, config: LWMConfig, codes_per_frame: int) -> "FrameLayout":
+        return cls(config.vocab_size, config.num_vision_codes, codes_per_frame)
+
+    @property
+    def first_code_id(self) -> int:
+        return self.text_vocab_size
+
+    @property
+    def eof_token_id(self) -> int:
+        return self.text_vocab_size + self.num_codes
+
+    @property
+    def eov_token_id(self) -> int:
+        return self.text_vocab_size + self.num_codes + 1
+
+    @property
+    def frame_length(self) -> int:
+        return self.codes_per_frame + 1
+
+    def frame_ids(self, codes: torch.Tensor, last_delimiter: int | None = None) -> torch.LongTensor:
+        """Codes `[..., frames, h, w]` -> ids `[..., frames * frame_length]`: each frame's codes then `<eof>`.
+
+        `last_delimiter` replaces the delimiter of the last frame (e.g. `eov_token_id` to close a video).
+        """
+        frames = codes.flatten(-2)
+        if frames.shape[-1] != self.codes_per_frame:
+            raise ValueError(f"frames have {frames.shape[-1]} codes, the layout expects {self.codes_per_frame}")
+        if frames.numel() and (frames.min() < 0 or frames.max() >= self.num_codes):
+            raise ValueError(f"codes must lie in [0, {self.num_codes}), got [{frames.min()}, {frames.max()}]")
+        delimiters = torch.full((*frames.shape[:-1], 1), self.eof_token_id, dtype=torch.long, device=codes.device)
+        if last_delimiter is not None:
+            delimiters[..., -1, :] = last_delimiter
+        return torch.cat([frames.long() + self.first_code_id, delimiters], dim=-1).flatten(-2)
+
+    def frame_codes(self, ids: torch.Tensor, frame_shape: tuple[int, int]) -> torch.LongTensor:
+        """Ids `[..., frames * frame_length]` (each frame's codes then a delimiter) -> codes `[..., frames, h, w]`."""
+        height, width = frame_shape
+        if height * width != self.codes_per_frame:
+            raise ValueError(f"frame shape {frame_shape} does not hold {self.codes_per_frame} codes")
+        if ids.shape[-1] % self.frame_length:
+            raise ValueError(f"{ids.shape[-1]} ids are not a whole number of {self.frame_length}-id frames")
+        frames = ids.unflatten(-1, (-1, self.frame_length))
+        if not bool((frames[..., -1] >= self.eof_token_id).all() & (frames[..., -1] <= self.eov_token_id).all()):
+            raise ValueError("a frame does not end in <eof> or <eov>")
+        codes = frames[..., :-1] - self.first_code_id
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.num_codes):
+            raise ValueError("a frame holds an id that is not a vision code")
+        return codes.unflatten(-1, (height, width))
+
+
+def keep_interval(scores: torch.Tensor, low: torch.Tensor | int, high: torch.Tensor | int) -> torch.Tensor:
+    """Scores with every id outside [low, high) set to -inf; `low`/`high` are per row ([batch]) or scalars."""
+    ids = torch.arange(scores.shape[-1], device=scores.device)
+    low = torch.as_tensor(low, device=scores.device).reshape(-1, 1)
+    high = torch.as_tensor(high, device=scores.device).reshape(-1, 1)
+    return scores.masked_fill((ids < low) | (ids >= high), float("-inf"))
+
+
+class TextOnlyLogitsProcessor(LogitsProcessor):
+    """Only text ids may be generated (answers, captions): every vision id is masked."""
+
+    def __init__(self, text_vocab_size: int):
+        self.text_vocab_size = text_vocab_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return keep_interval(scores, 0, self.text_vocab_size)
+
+
+class VisionOnlyLogitsProcessor(LogitsProcessor):
+    """Only vision codes, `<eof>` and `<eov>` may be generated; text and reserved vision ids are masked."""
+
+    def __init__(self, layout: FrameLayout):
+        self.layout = layout
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return keep_interval(scores, self.layout.first_code_id, self.layout.eov_token_id + 1)
+
+
+class FrameStructureLogitsProcessor(LogitsProcessor):
+    """Forces each row's vision block to be `num_frames` frames of exactly `codes_per_frame` codes.
+
+    A row's block starts at column `vision_start` of `input_ids` (one column for all rows, or one
+    per row; the prompt length when the block starts with the first generated token). The row's
+    stage follows from how many ids it has from there on, so the processor holds no state:
+
+    - a code position allows only codes [V, V + K);
+    - a delimiter position allows only `<eof>`, or `<eov>` after the last frame;
+    - after the block only text (EOS included) is allowed; before it the row is left untouched.
+
+    Every stage is one id interval, so a batch with rows at different stages costs one mask.
+    """
+
+    def __init__(
+        self,
+        layout: FrameLayout,
+        num_frames: int | torch.Tensor,
+        vision_start: int | torch.Tensor,
+    ):
+        num_frames = torch.as_tensor(num_frames)
+        if bool((num_frames < 1).any()):
+            raise ValueError(f"num_frames must be at least 1, got {num_frames.tolist()}")
+        self.layout = layout
+        self.num_frames = num_frames
+        self.vision_start = torch.as_tensor(vision_start)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        layout, device = self.layout, scores.device
+        done = input_ids.shape[1] - self.vision_start.to(device).expand(input_ids.shape[0])  # block ids so far
+        num_frames = self.num_frames.to(device).expand_as(done)
+        frame, position = done.div(layout.frame_length, rounding_mode="floor"), done % layout.frame_length
+
+        delimiter = torch.where(frame == num_frames - 1, layout.eov_token_id, layout.eof_token_id)
+        in_codes = position < layout.codes_per_frame
+        low = torch.where(in_codes, layout.first_code_id, delimiter)
+        high = torch.where(in_codes, layout.first_code_id + layout.num_codes, delimiter + 1)
+        before, after = done < 0, frame >= num_frames
+        low = torch.where(before | after, 0, low)
+        high = torch.where(before, scores.shape[-1], torch.where(after, layout.text_vocab_size, high))
+        return keep_interval(scores, low, high)

@@ -1,0 +1,204 @@
+"""A decode loop with batched classifier-free guidance, over the model and its KV cache.
+
+Guidance needs the conditional and the unconditional row of a prompt to receive the *same*
+sampled token, which `generate()` cannot do (it samples every row on its own). So this loop runs
+both in one forward, batch = [conditional rows; unconditional rows], left-padded to one length
+with an attention mask, and at each step:
+
+    guided = uncond + s · (cond - uncond)          on the raw logits (LWM, spec §5.4)
+    scores = warpers(processors(guided))           constraints, then temperature, top-k, top-p
+    token  = argmax or a draw with the caller's torch.Generator
+    append token to the conditional row and to its unconditional row
+
+A generation may change settings part-way (LWM's video: the first frame with image settings, the
+rest with video settings) through a `schedule` of (number of tokens, `SamplingConfig`) phases on one
+cache. Once no remaining phase is guided, the unconditional rows leave the batch and the cache.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+from transformers.cache_utils import DynamicCache
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How one token is chosen. `do_sample=False` is greedy (argmax of the guided, constrained logits).
+
+    `guidance_scale` s: 1 means no guidance (the unconditional branch is not computed).
+    """
+
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    guidance_scale: float = 1.0
+
+    def __post_init__(self):
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a positive number, got {self.temperature}")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+            raise ValueError(f"top_k must be a positive integer or None, got {self.top_k!r}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
+        if not math.isfinite(self.guidance_scale):
+            raise ValueError(f"guidance_scale must be finite, got {self.guidance_scale}")
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale != 1.0
+
+    def warpers(self) -> LogitsProcessorList:
+        """transformers' warpers, in LWM's order: temperature, top-k, top-p (none when greedy).
+
+        A top-k above the number of allowed ids keeps them all, so LWM's top-k 8192 needs no clipping
+        to a smaller codebook once the constraints have masked the rest.
+        """
+        if not self.do_sample:
+            return LogitsProcessorList()
+        warpers = LogitsProcessorList()
+        if self.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(self.temperature))
+        if self.top_k is not None:
+            warpers.append(TopKLogitsWarper(self.top_k))
+        if self.top_p is not None and self.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(self.top_p))
+        return warpers
+
+
+GREEDY = SamplingConfig(do_sample=False)
+
+
+def guide(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance on raw logits: uncond + s · (cond - uncond)."""
+    return unconditional + scale * (conditional - unconditional)
+
+
+def left_pad(sequences: Sequence[torch.Tensor], pad_token_id: int = 0) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """1-D id tensors -> (`input_ids` [batch, longest], `attention_mask`), padded on the left."""
+    if not sequences:
+        raise ValueError("left_pad needs at least one sequence")
+    longest = max(len(sequence) for sequence in sequences)
+    ids = torch.full((len(sequences), longest), pad_token_id, dtype=torch.long, device=sequences[0].device)
+    mask = torch.zeros_like(ids)
+    for row, sequence in enumerate(sequences):
+        if sequence.dim() != 1:
+            raise ValueError(f"left_pad takes 1-D id tensors, got shape {tuple(sequence.shape)}")
+        if len(sequence):
+            ids[row, -len(sequence) :] = sequence
+            mask[row, -len(sequence) :] = 1
+    return ids, mask
+
+
+def as_batch(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, batch_size: int | None = None
+) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """A prompt as `[batch, length]` ids and mask: a 1-D prompt becomes one row (or `batch_size` copies)."""
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+        attention_mask = None if attention_mask is None else attention_mask[None]
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"prompt ids must be [length] or [batch, length] with length > 0, got {tuple(input_ids.shape)}")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match the ids {tuple(input_ids.shape)}")
+    if batch_size is not None and input_ids.shape[0] != batch_size:
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"expected 1 or {batch_size} prompt rows, got {input_ids.shape[0]}")
+        input_ids, attention_mask = input_ids.expand(batch_size, -1), attention_mask.expand(batch_size, -1)
+    return input_ids.long(), attention_mask.long()
+
+
+def _stack_left_padded(
+    first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor], pad_token_id: int
+) -> tuple[torch.LongTensor, torch.LongTensor]:
+    width = max(first[0].shape[1], second[0].shape[1])
+
+    def widen(tensor: torch.Tensor, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(tensor, (width - tensor.shape[1], 0), value=value)
+
+    ids = torch.cat([widen(first[0], pad_token_id), widen(second[0], pad_token_id)])
+    mask = torch.cat([widen(first[1], 0), widen(second[1], 0)])
+    return ids, mask
+
+
+def choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None = None) -> torch.LongTensor:
+    """One id per row: argmax, or a draw from softmax(scores) using `generator`."""
+    if not do_sample:
+        return scores.argmax(dim=-1)
+    probabilities = scores.softmax(dim=-1)
+    return torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def iter_tokens(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    schedule: Sequence[tuple[int, SamplingConfig]],
+    processors: Sequence[LogitsProcessor] = (),
+    unconditional_ids: torch.Tensor | None = None,
+    unconditional_mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[torch.LongTensor]:
+    """Yields the next id of every row ([batch]), step by step (stop early by closing the iterator).
+
+    input_ids / attention_mask: the conditional prompts, [length] or [batch, length], left-padded.
+    schedule: (number of tokens, settings) phases, run one after the other on the same cache.
+    processors: applied to the guided logits, seeing the conditional rows' ids (prompt + generated).
+    unconditional_ids / unconditional_mask: the unconditional prompt ([length], shared by all rows,
+        or [batch, length]); required when a phase is guided.
+    """
+    input_ids, attention_mask = as_batch(input_ids, attention_mask)
+    batch = input_ids.shape[0]
+    for num_tokens, _ in schedule:
+        if num_tokens < 0:
+            raise ValueError(f"a schedule phase cannot have {num_tokens} tokens")
+    guided_phases = [index for index, (count, sampling) in enumerate(schedule) if count and sampling.guided]
+    if guided_phases and unconditional_ids is None:
+        raise ValueError("a guided phase (guidance_scale != 1) needs unconditional_ids")
+    rows, mask = input_ids, attention_mask
+    if guided_phases:
+        unconditional_mask = None if unconditional_mask is None else unconditional_mask.to(input_ids.device)
+        unconditional = as_batch(unconditional_ids.to(input_ids.device), unconditional_mask, batch)
+        rows, mask = _stack_left_padded((input_ids, attention_mask), unconditional, model.config.pad_token_id or 0)
+    branches = rows.shape[0] // batch  # 2 with guidance: [conditional rows; unconditional rows]
+    processors = LogitsProcessorList(processors)
+    cache = DynamicCache(config=model.config)
+    history, step_ids = input_ids, rows
+    for phase, (num_tokens, sampling) in enumerate(schedule):
+        if branches == 2 and phase > guided_phases[-1]:
+            cache.batch_select_indices(torch.arange(batch, device=rows.device))
+            branches, mask, step_ids = 1, mask[:batch], step_ids[:batch]
+        warpers = sampling.warpers()
+        for _ in range(num_tokens):
+            output = model(step_ids, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            logits = output.logits[:, -1].float()
+            if branches == 2:
+                logits = guide(logits[:batch], logits[batch:], sampling.guidance_scale)
+            token = choose(warpers(history, processors(history, logits)), sampling.do_sample, generator)
+            yield token
+            history = torch.cat([history, token[:, None]], dim=1)
+            step_ids = token.repeat(branches)[:, None]
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+
+
+def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.LongTensor:
+    """The generated ids `[batch, new]` of `iter_tokens` (same arguments), prompt excluded."""
+    tokens = list(iter_tokens(model, input_ids, attention_mask, **kwargs))
+    if not tokens:
+        return torch.empty(as_batch(input_ids, attention_mask)[0].shape[0], 0, dtype=torch.long)
+    return torch.stack(tokens, dim=1)
