@@ -1,0 +1,242 @@
+"""The synthetic world: determinism, valid ranges, physics against a step-by-step reference, language."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lwm.data import world
+from lwm.data.manifest import read_manifest
+from lwm.media import load_image, load_video
+
+SEEDS = range(100)
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return [world.generate_clip(seed) for seed in SEEDS]
+
+
+def reference_trajectory(start, velocity, size, n_frames, frame_size=64):
+    """Step by step: move, and mirror the position at a wall it reached or passed."""
+    half = world.SIZES[size] / 2
+    bounds = ((half, frame_size - half), (half, frame_size - half))
+    walls = (("left", "right"), ("top", "bottom"))
+    position, velocity = list(start), list(velocity)
+    positions, bounces = [tuple(position)], []
+    for frame in range(1, n_frames):
+        for axis in range(2):
+            position[axis] += velocity[axis]
+            low, high = bounds[axis]
+            if position[axis] <= low and velocity[axis] < 0:
+                position[axis] = 2 * low - position[axis]
+                velocity[axis] = -velocity[axis]
+                bounces.append((frame, walls[axis][0]))
+            elif position[axis] >= high and velocity[axis] > 0:
+                position[axis] = 2 * high - position[axis]
+                velocity[axis] = -velocity[axis]
+                bounces.append((frame, walls[axis][1]))
+        positions.append(tuple(position))
+    return np.array(positions), sorted(bounces)
+
+
+def test_same_seed_same_clip_and_different_seeds_differ():
+    first, again, other = world.generate_clip(7), world.generate_clip(7), world.generate_clip(8)
+    assert np.array_equal(first.frames, again.frames)
+    assert [(o.name, o.size, o.velocity, o.bounces) for o in first.objects] == \
+        [(o.name, o.size, o.velocity, o.bounces) for o in again.objects]
+    assert not np.array_equal(first.frames[0], other.frames[0])
+    assert world.caption(first) == world.caption(again)
+    assert world.questions(first) == world.questions(again)
+
+
+def test_clips_stay_in_range(clips):
+    config = world.WorldConfig()
+    for clip in clips:
+        assert clip.frames.dtype == np.uint8
+        assert clip.frames.shape[1:] == (64, 64, 3)
+        assert config.min_frames <= clip.n_frames <= config.max_frames
+        assert 1 <= len(clip.objects) <= 3
+        assert len({o.colour for o in clip.objects}) == len(clip.objects)
+        assert len({o.shape for o in clip.objects}) == len(clip.objects)
+        for obj in clip.objects:
+            half = world.SIZES[obj.size] / 2
+            assert obj.positions.shape == (clip.n_frames, 2)
+            assert obj.positions.min() >= half and obj.positions.max() <= 64 - half
+            assert {abs(v) for v in obj.velocity} <= {0, *config.speeds} and any(obj.velocity)
+            assert obj.direction in world.DIRECTIONS
+            frames = [frame for frame, _ in obj.bounces]
+            assert all(config.steps_before_bounce < f < clip.n_frames - 1 for f in frames)
+            assert len(set(frames)) == len(frames)
+        for i, a in enumerate(clip.objects):
+            for b in clip.objects[i + 1:]:
+                reach = (world.SIZES[a.size] + world.SIZES[b.size]) / 2
+                apart = np.abs(a.positions - b.positions).max(axis=1) >= reach
+                assert apart.all(), f"seed {clip.seed}: {a.name} and {b.name} overlap"
+
+
+def test_the_world_has_variety(clips):
+    objects = [obj for clip in clips for obj in clip.objects]
+    assert {o.colour for o in objects} == set(world.COLOURS)
+    assert {o.shape for o in objects} == set(world.SHAPES)
+    assert {o.size for o in objects} == set(world.SIZES)
+    assert {o.direction for o in objects} == set(world.DIRECTIONS)
+    assert {len(c.objects) for c in clips} == {1, 2, 3}
+    bouncing = sum(o.bounced for o in objects) / len(objects)
+    assert 0.2 < bouncing < 0.8
+
+
+def test_physics_matches_a_step_by_step_reference():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        size = str(rng.choice(list(world.SIZES)))
+        half = world.SIZES[size] // 2
+        start = tuple(float(v) for v in rng.integers(half + 1, 64 - half, size=2))
+        velocity = tuple(int(v) for v in rng.integers(-3, 4, size=2))
+        positions, velocities, bounces = world.simulate(start, velocity, size, 40)
+        expected_positions, expected_bounces = reference_trajectory(start, velocity, size, 40)
+        np.testing.assert_allclose(positions, expected_positions)
+        assert list(bounces) == expected_bounces
+        steps = np.diff(positions, axis=0)
+        moving_freely = np.all(np.abs(steps) == np.abs(velocity), axis=1)
+        np.testing.assert_array_equal(velocities[:-1][moving_freely], steps[moving_freely])
+
+
+def test_rendered_objects_cover_their_shape_and_colour():
+    clip = world.generate_clip(3)
+    background = np.array(world.BACKGROUND, np.float64)
+    for obj in clip.objects:
+        colour = np.array(world.COLOURS[obj.colour], np.float64)
+        x, y = obj.positions[0].astype(int)
+        np.testing.assert_array_equal(clip.frames[0, y, x], colour)
+        # Coverage summed over the object's box (and the gap around it) matches the shape's true area.
+        side = world.SIZES[obj.size]
+        reach = side // 2 + 1
+        box = clip.frames[0, max(y - reach, 0):y + reach, max(x - reach, 0):x + reach].astype(np.float64)
+        coverage = ((box - background) @ (colour - background) / np.sum((colour - background) ** 2)).sum()
+        area = {"square": 1.0, "circle": np.pi / 4, "triangle": 0.5, "diamond": 0.5}[obj.shape] * side**2
+        assert abs(coverage - area) < 0.01 * area, (obj.shape, coverage, area)
+
+
+def test_continuation_is_the_true_future():
+    clip = world.generate_clip(11)
+    context, future = world.continuation(clip, 4)
+    np.testing.assert_array_equal(context.frames, clip.frames[:4])
+    np.testing.assert_array_equal(future.frames, clip.frames[4:])
+    longer_context, longer = world.continuation(clip, 4, n_future=40)
+    assert longer.n_frames == 40
+    np.testing.assert_array_equal(longer.frames[: clip.n_frames - 4], clip.frames[4:])
+    for obj, before in zip(longer.objects, longer_context.objects):
+        expected, _ = reference_trajectory(tuple(before.positions[0]), before.velocity, obj.size, 44)
+        np.testing.assert_allclose(obj.positions, expected[4:])
+        step = expected[5] - expected[4]
+        if np.all(np.abs(step) == np.abs(obj.velocity)):
+            assert tuple(step) == obj.velocity
+    with pytest.raises(ValueError, match="n_context"):
+        world.continuation(clip, 0)
+
+
+def test_captions_and_prompts_parse_back_to_the_truth(clips):
+    for clip in clips:
+        truth = {o.colour: o for o in clip.objects}
+        for variant in range(4):
+            text = world.caption(clip, variant)
+            parsed = world.parse_description(text)
+            assert [p.colour for p in parsed] == [o.colour for o in clip.objects], text
+            for p in parsed:
+                obj = truth[p.colour]
+                assert (p.shape, p.direction) == (obj.shape, obj.direction), text
+                assert p.size in (None, obj.size)
+                assert (p.walls or ()) == obj.walls, text
+        for p in world.parse_description(world.prompt_for(clip)):
+            assert (p.shape, p.size, p.direction) == (truth[p.colour].shape, truth[p.colour].size,
+                                                      truth[p.colour].direction)
+        frame = world.still_frame(clip)
+        for p in world.parse_description(world.describe_frame(clip, frame)):
+            x, y = truth[p.colour].positions[frame]
+            assert p.region == world.region_of(x, y, 64)
+            assert p.shape == truth[p.colour].shape
+
+
+def test_clip_from_prompt_shows_the_prompt():
+    for seed in range(20):
+        clip = world.clip_from_prompt("a small green triangle moving up-right and a red circle", seed=seed)
+        triangle, circle = clip.objects
+        assert (triangle.name, triangle.size, triangle.direction, triangle.bounces) == \
+            ("green triangle", "small", "up-right", ())
+        assert circle.name == "red circle" and circle.bounces == ()
+    bouncing = world.clip_from_prompt("a blue square moving left and bouncing off the left wall", seed=1)
+    assert bouncing.objects[0].walls == ("left",)
+    still = world.clip_from_prompt("a white diamond in the top left", seed=2, n_frames=1)
+    assert still.n_frames == 1
+    assert world.region_of(*still.objects[0].positions[0], 64) == "top left"
+    assert world.clip_from_prompt("a red circle moving left", seed=5).frames.tobytes() == \
+        world.clip_from_prompt("a red circle moving left", seed=5).frames.tobytes()
+
+
+@pytest.mark.parametrize("prompt, error", [
+    ("a purple elephant", "names no object"),
+    ("a red circle and a red square", "its own colour"),
+    ("a red circle moving left and bouncing off the right wall", "cannot place"),
+])
+def test_bad_prompts_are_refused_clearly(prompt, error):
+    with pytest.raises(ValueError, match=error):
+        world.clip_from_prompt(prompt)
+
+
+def test_questions_answer_from_the_ground_truth(clips):
+    seen_types = set()
+    for clip in clips:
+        qas = world.questions(clip)
+        seen_types |= {qa.type for qa in qas}
+        answers = {(qa.type, qa.question): qa.answer for qa in qas}
+        assert answers[("count", "How many objects are there?")] == world.NUMBER_WORDS[len(clip.objects)]
+        for obj in clip.objects:
+            assert answers[("colour", f"What colour is the {obj.shape}?")] == obj.colour
+            assert answers[("shape", f"What shape is the {obj.colour} object?")] == obj.shape
+            assert answers[("direction", f"Which way does the {obj.name} move at the start?")] == obj.direction
+            assert answers[("bounce", f"Does the {obj.name} bounce off a wall?")] == ("yes" if obj.bounced else "no")
+            # The next wall by the reference physics: the first bounce from the last frame on.
+            _, bounces = reference_trajectory(tuple(obj.positions[0]), obj.velocity, obj.size, clip.n_frames + 128)
+            upcoming = [b for b in bounces if b[0] >= clip.n_frames - 1]
+            key = ("next_wall", f"Which wall will the {obj.name} hit next?")
+            if upcoming[0][0] != upcoming[1][0]:
+                assert answers[key] == f"the {upcoming[0][1]} wall"
+    assert seen_types == set(world.QUESTION_TYPES)
+
+
+def test_seed_splits_are_disjoint():
+    train, held_out = world.split_seeds("train"), world.split_seeds("held_out")
+    assert not set(range(train.start, train.stop)) & set(range(held_out.start, held_out.stop))
+    assert list(world.split_seeds("held_out", 3)) == [held_out.start, held_out.start + 1, held_out.start + 2]
+    with pytest.raises(ValueError, match="unknown split"):
+        world.split_seeds("test")
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="min_frames"):
+        world.WorldConfig(min_frames=10, max_frames=5)
+    with pytest.raises(ValueError, match="max_objects"):
+        world.WorldConfig(max_objects=4)
+    with pytest.raises(ValueError, match="speeds"):
+        world.WorldConfig(speeds=(0,))
+
+
+def test_write_world_dataset(tmp_path):
+    manifest = world.write_world_dataset(tmp_path, [5, 6], progress=False)
+    records = read_manifest(manifest)
+    tasks = {record.task for record in records}
+    assert tasks == set(world.TASKS)
+    clip = world.generate_clip(5)
+    frames = load_video(tmp_path / world.clip_files(5)["video"])
+    assert frames.shape == clip.frames.shape
+    assert np.abs(frames.astype(int) - clip.frames).mean() < 3  # H.264 at high quality
+    still = load_image(tmp_path / world.clip_files(5)["image"])
+    np.testing.assert_array_equal(still, clip.frames[world.still_frame(clip)])
+    first = json.loads(manifest.read_text().splitlines()[0])
+    assert first == {"video": "clips/0000005.mp4", "caption": world.caption(clip), "task": "video_caption",
+                     "direction": "understanding"}
+    only_captions = world.write_world_dataset(tmp_path / "captions", [5], tasks=("video_caption",), progress=False)
+    assert len(only_captions.read_text().splitlines()) == 1
+    with pytest.raises(ValueError, match="unknown tasks"):
+        world.write_world_dataset(tmp_path, [5], tasks=("dance",), progress=False)
