@@ -32,8 +32,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     tokenize.add_argument("--device", default="cpu", help="device for the VQGAN (default: cpu)")
     tokenize.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    world = commands.add_parser(
+        "world",
+        help="render synthetic-world clips and a manifest of their tasks",
+        description=(
+            "Render clips of the synthetic world (moving coloured shapes) with captions, questions, stills, "
+            "text-to-video prompts and continuation targets, and write OUT/manifest.jsonl. Training seeds "
+            "start at 0; held-out seeds start at 1,000,000 (--split held_out)."
+        ),
+    )
+    world.add_argument("out", help="output folder")
+    world.add_argument("--clips", type=int, default=100, help="number of clips (default: 100)")
+    world.add_argument("--split", choices=["train", "held_out"], default="train", help="seed range (default: train)")
+    world.add_argument("--fps", type=float, default=8.0, help="frame rate of the written videos (default: 8)")
+    world.add_argument("--no-progress", action="store_true", help="no progress bar")
+
 
 def run(args: argparse.Namespace) -> int:
+    if args.data_command == "world":
+        return _run_world(args)
     from lwm.data.tokenize import TokenizeConfig, tokenize_manifest
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -54,4 +71,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"lwm data tokenize: {error}", file=sys.stderr)
         return 2
     print(report.summary())
+    return 0
+
+
+def _run_world(args: argparse.Namespace) -> int:
+    from lwm.data.world import split_seeds, write_world_dataset
+
+    if args.clips < 1:
+        print("lwm data world: --clips must be at least 1", file=sys.stderr)
+        return 2
+    manifest = write_world_dataset(args.out, split_seeds(args.split, args.clips), fps=args.fps, progress=not args.no_progress)
+    print(f"wrote {args.clips} clips and {manifest}")
     return 0
