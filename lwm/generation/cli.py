@@ -1,0 +1,56 @@
+"""`lwm generate image|video "prompt" -o FILE`: draw from a prompt with LWM's guided sampling."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lwm.generation.vision import IMAGE_SAMPLING, VIDEO_SAMPLING
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from lwm.serve.chat_cli import add_model_arguments
+
+    parser.description = "Generate an image or a video from a text prompt and save it."
+    kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
+    image = kinds.add_parser("image", help="draw an image (PNG, JPEG, ...)", description="Draw an image from a prompt.")
+    video = kinds.add_parser("video", help="draw a video (MP4, GIF, ...)", description=(
+        "Draw a video from a prompt with LWM's procedure: the first frame as an image (guided), the rest "
+        "following the video prompt."))
+    for sub, default_output in ((image, "image.png"), (video, "video.mp4")):
+        sub.add_argument("prompt", help="what to draw")
+        sub.add_argument("-o", "--output", default=default_output, help=f"file to write (default: {default_output})")
+        sub.add_argument("--seed", type=int, default=None, help="seed for reproducible drawings")
+        sub.add_argument("--guidance-scale", type=float, default=IMAGE_SAMPLING.guidance_scale,
+                         help="classifier-free guidance of the image / first frame (default: %(default)s)")
+        sub.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: %(default)s)")
+        add_model_arguments(sub, reads_videos=False)
+    image.add_argument("--top-k", type=int, default=IMAGE_SAMPLING.top_k, help="(default: %(default)s)")
+    video.add_argument("--top-k", type=int, default=VIDEO_SAMPLING.top_k,
+                       help="top-k of the frames after the first (default: %(default)s)")
+    video.add_argument("--frames", type=int, default=8, help="number of frames (default: %(default)s)")
+    video.add_argument("--fps", type=float, default=8.0, help="playback rate of the file (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lwm.media import MediaError
+    from lwm.serve.chat_cli import load_model
+
+    lwm = load_model(args)
+    if lwm is None:
+        return 1
+    try:
+        if args.kind == "image":
+            image = lwm.generate_image(args.prompt, guidance_scale=args.guidance_scale, top_k=args.top_k,
+                                       temperature=args.temperature, seed=args.seed, progress=True)
+            image.save(args.output)
+        else:
+            video = lwm.generate_video(args.prompt, num_frames=args.frames, guidance_scale=args.guidance_scale,
+                                       top_k=args.top_k, temperature=args.temperature, fps=args.fps, seed=args.seed,
+                                       progress=True)
+            video.save(args.output)
+    except (ValueError, MediaError, OSError) as error:
+        print(f"lwm generate: {error}", file=sys.stderr)
+        return 1
+    print(args.output)
+    return 0
