@@ -183,18 +183,29 @@ class LWM:
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype | None = None,
         max_frames: int | None = None,
+        device_map: str | dict | None = None,
+        max_memory: dict | None = None,
+        offload_folder: str | os.PathLike | None = None,
+        torch_dtype: str | torch.dtype | None = None,
     ) -> "LWM":
         """Loads a model folder written by `save_pretrained` (or `lwm convert`); "bundled" is the shipped one.
 
-        dtype: of the decoder ("float32", "bfloat16", "float16" or a torch dtype); the VQGAN stays float32.
+        dtype (or its transformers alias torch_dtype): of the decoder ("float32", "bfloat16",
+            "float16" or a torch dtype); the VQGAN stays float32.
         max_frames: frames read from an input video (spread uniformly over it).
+        device_map, max_memory, offload_folder: accelerate's big-model placement, for decoders
+            larger than one device: e.g. device_map="auto" spreads layers over GPU, CPU and disk.
+            `device` then only places the VQGAN and the inputs.
         """
         from lwm.model import LWMForCausalLM
 
         folder = model_folder(path)
-        model = LWMForCausalLM.from_pretrained(folder, dtype=_torch_dtype(dtype))
+        placement = {}
+        if device_map is not None:
+            placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
+        model = LWMForCausalLM.from_pretrained(folder, dtype=_torch_dtype(dtype or torch_dtype), **placement)
         processor = LWMProcessor.from_pretrained(folder, device=device)
-        return cls(model.to(device), processor, max_frames=max_frames)
+        return cls(model if device_map is not None else model.to(device), processor, max_frames=max_frames)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         self.model.save_pretrained(directory)
@@ -202,7 +213,14 @@ class LWM:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the device of the decoder's first module (accelerate's hooks take over from there)."""
+        placement = getattr(self.model, "hf_device_map", None)
+        if not placement:
+            return next(self.model.parameters()).device
+        first = next(iter(placement.values()))
+        if isinstance(first, int):
+            return torch.device("cuda", first)
+        return torch.device("cpu" if first == "disk" else first)
 
     @property
     def context_length(self) -> int:

@@ -182,3 +182,15 @@ def test_processor_and_model_must_match(lwm):
     other = LWMForCausalLM(LWMConfig.from_preset("tiny"))
     with pytest.raises(ValueError, match="does not match the model"):
         LWM(other, lwm.processor)
+
+
+def test_device_map_auto_with_disk_offload_gives_the_same_answer(lwm, folder, tmp_path):
+    offloaded = LWM.from_pretrained(
+        build_tiny_model_dir(folder), device_map="auto", max_memory={"cpu": 60_000},
+        offload_folder=tmp_path / "offload",
+    )
+    assert "disk" in set(offloaded.model.hf_device_map.values())
+    question = "What is in the image?"
+    assert offloaded.answer(folder / "photo.png", question, max_new_tokens=5) == lwm.answer(
+        folder / "photo.png", question, max_new_tokens=5
+    )

@@ -37,6 +37,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, reads_videos: bool = Tr
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="decoder precision (default: as saved)")
+    parser.add_argument("--device-map", default=None, metavar="MAP",
+                        help="'auto' spreads a model too big for --device over GPU, CPU and disk (accelerate)")
+    parser.add_argument("--offload-folder", default=None, metavar="DIR",
+                        help="where --device-map puts layers that fit nowhere else")
     if reads_videos:
         parser.add_argument("--max-frames", type=int, default=None,
                             help="frames sampled uniformly from an input video (default: the model's, or 8)")
@@ -48,7 +52,8 @@ def load_model(args: argparse.Namespace):
 
     try:
         return LWM.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                   max_frames=getattr(args, "max_frames", None))
+                                   max_frames=getattr(args, "max_frames", None),
+                                   device_map=args.device_map, offload_folder=args.offload_folder)
     except (FileNotFoundError, ValueError) as error:
         print(f"lwm: {error}", file=sys.stderr)
         return None

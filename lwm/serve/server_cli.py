@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
                                                args.host)
 
     def load_model() -> LWM:
-        return LWM.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_frames=args.max_input_frames)
+        return LWM.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_frames=args.max_input_frames,
+                                   device_map=args.device_map, offload_folder=args.offload_folder)
 
     app = create_app(load_model, config)
     uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=args.shutdown_timeout,

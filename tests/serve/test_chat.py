@@ -226,6 +226,15 @@ def test_one_shot_prompt_with_attachments(lwm, tiny_model_dir, media_dir, monkey
     assert "Added image 'photo.png'" in captured.err
 
 
+def test_one_shot_prompt_on_a_model_offloaded_to_disk(lwm, tiny_model_dir, media_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    photo = media_dir / "photo.png"
+    code = main(["chat", "--model", str(tiny_model_dir), "--device-map", "auto", "--offload-folder",
+                 str(tmp_path / "offload"), "--image", str(photo), "--max-tokens", "4", "-p", "What is this?"])
+    assert code == 0
+    assert capsys.readouterr().out == answer(lwm, ("What is this?", [{"type": "image", "path": str(photo)}])) + "\n"
+
+
 def test_questions_piped_on_stdin(lwm, tiny_model_dir, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("first question\n/set max_tokens 2\nsecond question\n"))
     assert main(["chat", "--model", str(tiny_model_dir), "--max-tokens", "3"]) == 0
