@@ -1,0 +1,45 @@
+"""Run a function on several local CPU processes joined in a gloo process group.
+
+    run_distributed(worker, 2, case_list)   # calls worker(rank, world_size, case_list) in 2 processes
+
+Workers are forked, so they start at once with everything the test module imported (spawning
+would import torch and transformers again in every process); the caller must not hold a process
+group itself. Assertions inside a worker fail the calling test with the worker's traceback, and
+the other workers are stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def run_distributed(worker, world_size: int, *args, threads_per_rank: int = 1, timeout_s: float = 120) -> None:
+    mp.start_processes(
+        _run_rank, args=(worker, world_size, _free_port(), args, threads_per_rank, timeout_s), nprocs=world_size,
+        start_method="fork",
+    )
+
+
+def _run_rank(rank, worker, world_size, port, args, threads_per_rank, timeout_s):
+    torch.set_num_threads(threads_per_rank)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # all ranks are local; the hostname may not resolve
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+        timeout=timedelta(seconds=timeout_s),
+    )
+    try:
+        worker(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
