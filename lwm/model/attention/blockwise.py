@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from lwm.model.attention.primitive import (
+    check_qkv,
     BlockSpan,
     attend_block,
     attend_block_backward,
@@ -106,14 +107,7 @@ def blockwise_attention(
 
 
 def _check_shapes(q, k, v, segment_ids):
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError("q, k and v must be [batch, heads, seq, head_dim]")
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
-    if q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head_dim")
-    if q.shape[1] % k.shape[1]:
-        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+    check_qkv(q, k, v)
     if q.shape[2] > k.shape[2]:
         raise ValueError(f"more queries ({q.shape[2]}) than keys ({k.shape[2]})")
     if segment_ids is not None and tuple(segment_ids.shape) != (k.shape[0], k.shape[2]):

@@ -77,6 +77,18 @@ def block_mask(q: BlockSpan, k: BlockSpan, *, causal: bool, dtype: torch.dtype, 
     return BlockMask("masked", additive, allowed.any(dim=-1))
 
 
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """The shape rules every schedule shares: [batch, heads, seq, head_dim], GQA allowed."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("q, k and v must be [batch, heads, seq, head_dim]")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head_dim")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+
+
 def _expand_kv(x: torch.Tensor, num_q_heads: int) -> torch.Tensor:
     groups = num_q_heads // x.shape[1]
     if groups == 1:

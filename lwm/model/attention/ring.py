@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from lwm.model.attention.primitive import (
+    check_qkv,
     BlockMask,
     BlockSpan,
     attend_block,
@@ -215,14 +216,7 @@ def sharded_decode_attention(q, k, v, *, group: dist.ProcessGroup | None = None,
 
 
 def _check_shapes(q, k, v, segment_ids):
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError("q, k and v must be [batch, heads, seq, head_dim]")
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
-    if q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head_dim")
-    if q.shape[1] % k.shape[1]:
-        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+    check_qkv(q, k, v)
     if q.shape[2] != k.shape[2]:
         raise ValueError(
             f"ring attention takes this rank's shard of queries and of keys, of equal length; got {q.shape[2]} "
