@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 
 from lwm.model.attention.primitive import (
-    check_qkv,
     BlockSpan,
     attend_block,
     attend_block_backward,
     block_mask,
+    check_qkv,
     merge_partials,
 )
 

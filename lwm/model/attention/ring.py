@@ -18,12 +18,12 @@ import torch
 import torch.distributed as dist
 
 from lwm.model.attention.primitive import (
-    check_qkv,
     BlockMask,
     BlockSpan,
     attend_block,
     attend_block_backward,
     block_mask,
+    check_qkv,
     merge_partials,
 )
 from lwm.parallel import check_layout, rank_and_world, rank_chunks
