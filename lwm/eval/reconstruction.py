@@ -1,0 +1,79 @@
+"""Reconstruction metrics for the vision tokenizer: PSNR, SSIM, codebook usage and perplexity.
+
+Pixels are `[N, 3, H, W]` tensors in [-1, 1] (the VQGAN's range); PSNR and SSIM are reported on the
+usual 8-bit scale (peak 255), i.e. after mapping [-1, 1] onto [0, 255].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+
+def psnr(reference: torch.Tensor, reconstruction: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB over the whole batch (pixels in [-1, 1], peak-to-peak 2)."""
+    mse = F.mse_loss(reconstruction.float().clamp(-1, 1), reference.float()).item()
+    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+def ssim(reference: torch.Tensor, reconstruction: torch.Tensor, window: int = 11, sigma: float = 1.5) -> float:
+    """Mean structural similarity (Wang et al. 2004; Gaussian window, per channel), pixels in [-1, 1]."""
+    # float64: the variances are differences of nearly equal blurred moments
+    x = (reference.double() + 1) / 2
+    y = (reconstruction.double().clamp(-1, 1) + 1) / 2
+    channels = x.shape[1]
+    coords = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
+    gauss = torch.exp(-(coords**2) / (2 * sigma**2))
+    gauss = gauss / gauss.sum()
+    kernel = (gauss[:, None] * gauss[None, :]).expand(channels, 1, window, window).contiguous()
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, kernel, groups=channels)  # valid region only, as the reference implementation
+
+    c1, c2 = 0.01**2, 0.03**2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean().item()
+
+
+def codebook_usage(codes: torch.Tensor, codebook_size: int) -> tuple[float, float]:
+    """(fraction of the codebook used, perplexity of the code distribution) over a set of codes."""
+    counts = torch.bincount(codes.flatten().long().cpu(), minlength=codebook_size).double()
+    probs = counts[counts > 0] / counts.sum()
+    return (counts > 0).double().mean().item(), math.exp(-(probs * probs.log()).sum().item())
+
+
+@torch.no_grad()
+def evaluate_reconstruction(model, pixels: torch.Tensor, batch_size: int = 32, progress: bool = False) -> dict:
+    """Encode and decode `pixels` `[N, 3, H, W]` with a VQGAN; return PSNR, SSIM, usage and perplexity."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    codes, reconstructions = [], []
+    for chunk in tqdm(pixels.split(batch_size), desc="evaluating", disable=not progress):
+        chunk_codes = model.encode(chunk.to(device))
+        codes.append(chunk_codes.cpu())
+        reconstructions.append(model.decode(chunk_codes).cpu())
+    model.train(was_training)
+    codes, reconstruction = torch.cat(codes), torch.cat(reconstructions)
+    usage, perplexity = codebook_usage(codes, model.codebook_size)
+    return {
+        "frames": len(pixels),
+        "psnr": psnr(pixels, reconstruction),
+        "ssim": ssim(pixels, reconstruction),
+        "codebook_usage": usage,
+        "perplexity": perplexity,
+    }
+
+
+def format_metrics(metrics: dict) -> str:
+    return (
+        f"frames {metrics['frames']}  PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f}  "
+        f"codebook usage {metrics['codebook_usage']:.1%}  perplexity {metrics['perplexity']:.1f}"
+    )

@@ -1,0 +1,121 @@
+"""Configuration of the VQGAN vision tokenizer.
+
+The `"lwm"` preset is the architecture of LWM's released VQGAN (aMUSEd/MaskGIT style: 256x256 frames
+to 16x16 codes from a codebook of 8192 x 64); smaller presets are the same architecture, narrower.
+Presets are JSON files in `configs/vqgan/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "vqgan"
+QUANTIZERS = ("vq", "fsq", "lfq")
+
+
+@dataclass
+class VQGANConfig:
+    # architecture
+    resolution: int = 256  # frame side the model is trained for; any multiple of the downsample factor works
+    in_channels: int = 3
+    hidden_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 2, 4, 6)  # one entry per level; all levels but the last halve H, W
+    num_res_blocks: int = 2
+    z_channels: int = 64
+    embed_dim: int = 64
+    norm_groups: int = 32
+    norm_eps: float = 1e-6
+
+    # quantizer: "vq" (vector-quantize-pytorch VectorQuantize), "fsq" or "lfq"
+    quantizer: str = "vq"
+    codebook_size: int = 8192
+    fsq_levels: tuple[int, ...] = ()  # only for "fsq"; codebook_size must equal their product
+    commitment_weight: float = 0.25
+    ema_decay: float = 0.95  # "vq" codebook EMA
+    kmeans_init: bool = True  # "vq": initialise the codebook by k-means on the first batch
+    dead_code_threshold: float = 2.0  # "vq": re-seed codes whose EMA usage falls below this (0 disables)
+    lfq_entropy_weight: float = 0.1  # "lfq" entropy regulariser
+
+    def __post_init__(self) -> None:
+        self.channel_mult = tuple(self.channel_mult)
+        self.fsq_levels = tuple(self.fsq_levels)
+        if not self.channel_mult or min(self.channel_mult) < 1:
+            raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult}")
+        for width in (self.hidden_channels, *self.level_channels):
+            if width % self.norm_groups:
+                raise ValueError(f"channel count {width} is not divisible by norm_groups={self.norm_groups}")
+        if self.num_res_blocks < 1:
+            raise ValueError(f"num_res_blocks must be at least 1, got {self.num_res_blocks}")
+        if self.resolution % self.downsample_factor:
+            raise ValueError(
+                f"resolution {self.resolution} is not divisible by the downsample factor {self.downsample_factor}"
+            )
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if self.quantizer == "fsq" and math.prod(self.fsq_levels or (0,)) != self.codebook_size:
+            raise ValueError(
+                f"fsq: codebook_size {self.codebook_size} must equal the product of fsq_levels {self.fsq_levels}"
+            )
+        if self.quantizer == "lfq" and (self.codebook_size < 2 or self.codebook_size & (self.codebook_size - 1)):
+            raise ValueError(f"lfq: codebook_size must be a power of two, got {self.codebook_size}")
+
+    @property
+    def level_channels(self) -> tuple[int, ...]:
+        return tuple(self.hidden_channels * mult for mult in self.channel_mult)
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def grid_size(self) -> int:
+        """Codes per side of a `resolution`-sized frame."""
+        return self.resolution // self.downsample_factor
+
+    @property
+    def codes_per_frame(self) -> int:
+        return self.grid_size**2
+
+    # ------------------------------------------------------------------ (de)serialisation
+
+    def to_dict(self) -> dict:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "VQGANConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown VQGANConfig fields: {unknown}")
+        return cls(**values)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "VQGANConfig":
+        try:
+            values = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"VQGAN config not found: {path}") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "VQGANConfig":
+        """A named preset from `configs/vqgan/` (e.g. "lwm", "tiny", "world"), or a path to a JSON file."""
+        path = Path(name) if name.endswith(".json") else PRESET_DIR / f"{name}.json"
+        if not path.is_file():
+            available = sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+            raise ValueError(f"unknown VQGAN preset {name!r}; available: {available}")
+        return cls.from_dict({**json.loads(path.read_text()), **overrides})
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))

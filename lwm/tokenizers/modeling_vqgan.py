@@ -1,0 +1,319 @@
+"""The VQGAN vision tokenizer: frames in [-1, 1] <-> grids of discrete codes.
+
+The encoder and decoder are exactly LWM's (aMUSEd/MaskGIT VQGAN): ResNet blocks with GroupNorm and
+swish, stride-2 convolutions after a bottom/right zero pad to downsample, nearest x2 + conv to
+upsample, 1x1 convolutions around the quantizer, and no attention. So the official weights load
+one-to-one (see `lwm.convert.vqgan_pickle`), and the same class, narrower, is what we train.
+
+The quantizer comes from vector-quantize-pytorch: `VectorQuantize` (Euclidean nearest neighbour,
+EMA codebook, k-means init, dead-code replacement), or FSQ / LFQ.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from vector_quantize_pytorch import FSQ, LFQ, VectorQuantize
+
+from lwm.tokenizers.configuration_vqgan import VQGANConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def _norm(channels: int, config: VQGANConfig) -> nn.GroupNorm:
+    return nn.GroupNorm(config.norm_groups, channels, eps=config.norm_eps)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, config: VQGANConfig):
+        super().__init__()
+        self.norm1 = _norm(in_channels, config)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = _norm(out_channels, config)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.nin_shortcut(x) + h
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # LWM pads bottom and right only, then convolves with stride 2 and no padding
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Level(nn.Module):
+    """One resolution level: ResNet blocks, then an optional resampling."""
+
+    def __init__(self, in_channels, out_channels, num_blocks, resample: nn.Module | None, config: VQGANConfig):
+        super().__init__()
+        widths = [in_channels] + [out_channels] * num_blocks
+        self.block = nn.ModuleList(ResnetBlock(a, b, config) for a, b in zip(widths, widths[1:]))
+        self.resample = resample if resample is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.block:
+            x = block(x)
+        return self.resample(x)
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: VQGANConfig):
+        super().__init__()
+        widths = config.level_channels
+        last = len(widths) - 1
+        self.conv_in = nn.Conv2d(config.in_channels, config.hidden_channels, 3, padding=1)
+        self.down = nn.ModuleList(
+            Level(
+                config.hidden_channels if i == 0 else widths[i - 1],
+                widths[i],
+                config.num_res_blocks,
+                Downsample(widths[i]) if i < last else None,
+                config,
+            )
+            for i in range(len(widths))
+        )
+        self.mid = nn.ModuleList(ResnetBlock(widths[-1], widths[-1], config) for _ in range(config.num_res_blocks))
+        self.norm_out = _norm(widths[-1], config)
+        self.conv_out = nn.Conv2d(widths[-1], config.z_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(x)
+        for level in self.down:
+            x = level(x)
+        for block in self.mid:
+            x = block(x)
+        return self.conv_out(F.silu(self.norm_out(x)))
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: VQGANConfig):
+        super().__init__()
+        widths = config.level_channels
+        self.conv_in = nn.Conv2d(config.z_channels, widths[-1], 3, padding=1)
+        self.mid = nn.ModuleList(ResnetBlock(widths[-1], widths[-1], config) for _ in range(config.num_res_blocks))
+        # `up[i]` is level i (as the encoder's `down[i]`); it runs from the last level to level 0
+        self.up = nn.ModuleList(
+            Level(
+                widths[min(i + 1, len(widths) - 1)],
+                widths[i],
+                config.num_res_blocks + 1,
+                Upsample(widths[i]) if i > 0 else None,
+                config,
+            )
+            for i in range(len(widths))
+        )
+        self.norm_out = _norm(widths[0], config)
+        self.conv_out = nn.Conv2d(widths[0], config.in_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(z)
+        for block in self.mid:
+            x = block(x)
+        for level in reversed(self.up):
+            x = level(x)
+        return self.conv_out(F.silu(self.norm_out(x)))
+
+
+# ----------------------------------------------------------------------------- quantizers
+# Each maps z [B, D, h, w] to (quantized z, codes [B, h, w], auxiliary loss), and codes back to z.
+
+
+class VectorQuantizer(nn.Module):
+    def __init__(self, config: VQGANConfig):
+        super().__init__()
+        self.vq = VectorQuantize(
+            dim=config.embed_dim,
+            codebook_size=config.codebook_size,
+            decay=config.ema_decay,
+            kmeans_init=config.kmeans_init,
+            threshold_ema_dead_code=config.dead_code_threshold,
+            commitment_weight=config.commitment_weight,
+            accept_image_fmap=True,
+        )
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.vq(z)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.vq.get_output_from_indices(codes)
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        return self.vq.codebook
+
+
+class FiniteScalarQuantizer(nn.Module):
+    def __init__(self, config: VQGANConfig):
+        super().__init__()
+        self.fsq = FSQ(levels=list(config.fsq_levels), dim=config.embed_dim)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        quantized, codes = self.fsq(z)
+        return quantized, codes, z.new_zeros(())
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.fsq.indices_to_codes(codes)
+
+
+class LookupFreeQuantizer(nn.Module):
+    def __init__(self, config: VQGANConfig):
+        super().__init__()
+        self.lfq = LFQ(
+            dim=config.embed_dim,
+            codebook_size=config.codebook_size,
+            entropy_loss_weight=config.lfq_entropy_weight,
+            commitment_loss_weight=config.commitment_weight,
+        )
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        quantized, codes, aux_loss = self.lfq(z)
+        return quantized, codes, aux_loss
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.lfq.indices_to_codes(codes)
+
+
+QUANTIZER_CLASSES = {"vq": VectorQuantizer, "fsq": FiniteScalarQuantizer, "lfq": LookupFreeQuantizer}
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@dataclass
+class VQGANOutput:
+    reconstruction: torch.Tensor  # [B, 3, H, W], not clipped (the training loss sees the raw output)
+    codes: torch.Tensor  # [B, h, w]
+    quantizer_loss: torch.Tensor  # commitment / codebook / entropy terms, already weighted
+
+
+class VQGAN(nn.Module):
+    """Frames `[B, 3, H, W]` in [-1, 1] <-> codes `[B, H/f, W/f]`, f = `config.downsample_factor`."""
+
+    def __init__(self, config: VQGANConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
+        self.quantize = QUANTIZER_CLASSES[config.quantizer](config)
+        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+        self.decoder = Decoder(config)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def grid_size(self) -> int:
+        """Codes per side for a frame of `config.resolution`."""
+        return self.config.grid_size
+
+    @property
+    def codes_per_frame(self) -> int:
+        return self.config.codes_per_frame
+
+    def forward(self, pixels: torch.Tensor) -> VQGANOutput:
+        self._check_pixels(pixels)
+        quantized, codes, quantizer_loss = self.quantize(self.quant_conv(self.encoder(pixels)))
+        reconstruction = self.decoder(self.post_quant_conv(quantized))
+        return VQGANOutput(reconstruction, codes.long(), quantizer_loss.sum())
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels `[B, 3, H, W]` in [-1, 1] -> codes `[B, h, w]` (LongTensor; row-major token order)."""
+        self._check_pixels(pixels)
+        _, codes, _ = self.quantize(self.quant_conv(self.encoder(pixels)))
+        return codes.long()
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes `[B, h, w]` -> pixels `[B, 3, h*f, w*f]` clipped to [-1, 1]."""
+        self._check_codes(codes)
+        z = self.post_quant_conv(self.quantize.lookup(codes.long()))
+        return self.decoder(z).clamp(-1.0, 1.0)
+
+    def encode_video(self, frames: torch.Tensor, chunk_size: int = 16) -> torch.Tensor:
+        """Frames `[..., 3, H, W]` (e.g. `[T, ...]` or `[B, T, ...]`) -> codes `[..., h, w]`.
+
+        Frames are encoded independently, `chunk_size` at a time, so memory stays bounded.
+        """
+        if frames.ndim < 4:
+            raise ValueError(f"expected frames shaped [..., 3, H, W] with a leading frame dim, got {tuple(frames.shape)}")
+        flat = frames.reshape(-1, *frames.shape[-3:])
+        codes = torch.cat([self.encode(chunk) for chunk in flat.split(chunk_size)])
+        return codes.reshape(*frames.shape[:-3], *codes.shape[-2:])
+
+    def decode_video(self, codes: torch.Tensor, chunk_size: int = 16) -> torch.Tensor:
+        """Codes `[..., h, w]` -> frames `[..., 3, H, W]`, decoded `chunk_size` frames at a time."""
+        if codes.ndim < 3:
+            raise ValueError(f"expected codes shaped [..., h, w] with a leading frame dim, got {tuple(codes.shape)}")
+        flat = codes.reshape(-1, *codes.shape[-2:])
+        frames = torch.cat([self.decode(chunk) for chunk in flat.split(chunk_size)])
+        return frames.reshape(*codes.shape[:-2], *frames.shape[-3:])
+
+    def _check_pixels(self, pixels: torch.Tensor) -> None:
+        factor = self.config.downsample_factor
+        if pixels.ndim != 4 or pixels.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"expected pixels shaped [B, {self.config.in_channels}, H, W], got {tuple(pixels.shape)}"
+            )
+        if pixels.shape[-2] % factor or pixels.shape[-1] % factor:
+            raise ValueError(f"frame size {tuple(pixels.shape[-2:])} is not a multiple of {factor}")
+        if not pixels.is_floating_point():
+            raise ValueError(f"expected float pixels in [-1, 1], got {pixels.dtype} (use lwm.media.preprocess)")
+
+    def _check_codes(self, codes: torch.Tensor) -> None:
+        if codes.ndim != 3:
+            raise ValueError(f"expected codes shaped [B, h, w], got {tuple(codes.shape)}")
+        if codes.is_floating_point() or codes.is_complex():
+            raise ValueError(f"expected integer codes, got {codes.dtype}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise ValueError(
+                f"codes must lie in [0, {self.codebook_size}), got values in "
+                f"[{int(codes.min())}, {int(codes.max())}]"
+            )
+
+    # ------------------------------------------------------------------ persistence
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save(directory / CONFIG_NAME)
+        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
+        save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt", "model": "lwm-vqgan"})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "VQGAN":
+        directory = Path(directory)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory}: no {name}; expected a folder written by VQGAN.save_pretrained")
+        model = cls(VQGANConfig.load(directory / CONFIG_NAME))
+        state = load_file(directory / WEIGHTS_NAME, device=str(device))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{directory}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+        return model.to(device).eval()

@@ -1,0 +1,140 @@
+"""VQGAN: shapes and token order, decode checks, video chunking, persistence, quantizer variants, configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lwm.tokenizers.configuration_vqgan import VQGANConfig, available_presets
+from lwm.tokenizers.modeling_vqgan import VQGAN
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    model = VQGAN(VQGANConfig.from_preset("tiny", kmeans_init=False)).eval()
+    return model
+
+
+def pixels(batch=3, size=32, seed=0):
+    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_presets():
+    assert {"lwm", "tiny", "world"} <= set(available_presets())
+    lwm = VQGANConfig.from_preset("lwm")
+    assert (lwm.resolution, lwm.grid_size, lwm.codes_per_frame, lwm.codebook_size) == (256, 16, 256, 8192)
+    assert lwm.level_channels == (128, 256, 256, 512, 768)
+    assert VQGANConfig.from_preset("tiny", codebook_size=32).codebook_size == 32
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"norm_groups": 7}, "not divisible by norm_groups"),
+        ({"quantizer": "rvq"}, "quantizer must be one of"),
+        ({"quantizer": "fsq", "fsq_levels": (8, 5)}, "product of fsq_levels"),
+        ({"quantizer": "lfq", "codebook_size": 100}, "power of two"),
+        ({"resolution": 33}, "not divisible by the downsample factor"),
+        ({"channel_mult": ()}, "channel_mult"),
+    ],
+)
+def test_bad_configs_are_rejected(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        VQGANConfig.from_preset("tiny", **overrides)
+
+
+def test_unknown_presets_and_fields(tmp_path):
+    with pytest.raises(ValueError, match="unknown VQGAN preset 'nope'.*tiny"):
+        VQGANConfig.from_preset("nope")
+    (tmp_path / "c.json").write_text(json.dumps({"resolution": 32, "colour": 1}))
+    with pytest.raises(ValueError, match=r"unknown VQGANConfig fields: \['colour'\]"):
+        VQGANConfig.from_preset(str(tmp_path / "c.json"))
+
+
+def test_encode_is_row_major_nearest_neighbour(model):
+    x = pixels()
+    codes = model.encode(x)
+    assert codes.shape == (3, 16, 16) and codes.dtype == torch.long
+    with torch.no_grad():
+        z = model.quant_conv(model.encoder(x))  # [B, D, h, w]
+    codebook = model.quantize.codebook
+    # position (row i, column j) of the grid takes the code nearest to z[:, :, i, j]
+    nearest = torch.cdist(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]), codebook).argmin(-1)
+    assert torch.equal(codes.flatten(), nearest)
+    assert torch.equal(codes.reshape(3, -1), nearest.reshape(3, 16, 16).reshape(3, 256))
+
+
+def test_decode_output_and_index_checks(model):
+    codes = model.encode(pixels())
+    frames = model.decode(codes)
+    assert frames.shape == (3, 3, 32, 32) and frames.min() >= -1 and frames.max() <= 1
+    size = model.codebook_size
+    for bad, message in [
+        (torch.full((1, 16, 16), size), rf"codes must lie in \[0, {size}\), got values in \[{size}, {size}\]"),
+        (torch.full((1, 16, 16), -1), "codes must lie in"),
+        (torch.zeros(1, 16, 16), "expected integer codes"),
+        (torch.zeros(16, 16, dtype=torch.long), r"expected codes shaped \[B, h, w\]"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            model.decode(bad)
+    with pytest.raises(ValueError, match="not a multiple of 2"):
+        model.encode(torch.zeros(1, 3, 31, 32))
+    with pytest.raises(ValueError, match=r"expected pixels shaped \[B, 3, H, W\]"):
+        model.encode(torch.zeros(3, 32, 32))
+    with pytest.raises(ValueError, match="expected float pixels"):
+        model.encode(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_video_helpers_fold_frames_in_chunks(model):
+    frames = pixels(batch=7).reshape(7, 3, 32, 32)
+    codes = model.encode_video(frames, chunk_size=3)
+    assert torch.equal(codes, model.encode(frames))
+    batched = model.encode_video(frames[:6].reshape(2, 3, 3, 32, 32), chunk_size=4)
+    assert batched.shape == (2, 3, 16, 16) and torch.equal(batched.reshape(6, 16, 16), codes[:6])
+    decoded = model.decode_video(codes, chunk_size=2)
+    assert torch.allclose(decoded, model.decode(codes), atol=1e-5)
+    assert model.decode_video(batched).shape == (2, 3, 3, 32, 32)
+
+
+def test_save_and_load_round_trip(model, tmp_path):
+    model.save_pretrained(tmp_path / "vq")
+    loaded = VQGAN.from_pretrained(tmp_path / "vq")
+    x = pixels(seed=3)
+    assert torch.equal(loaded.encode(x), model.encode(x))
+    assert torch.allclose(loaded.decode(model.encode(x)), model.decode(model.encode(x)))
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        (tmp_path / "vq" / "model.safetensors").unlink()
+        VQGAN.from_pretrained(tmp_path / "vq")
+
+
+def test_training_mode_learns_the_codebook():
+    torch.manual_seed(0)
+    model = VQGAN(VQGANConfig.from_preset("tiny")).train()  # k-means init + EMA
+    quantize = model.quantize.vq._codebook
+    assert not quantize.initted
+    before = model.quantize.codebook.clone()
+    output = model(pixels(batch=8))
+    assert quantize.initted and not torch.equal(model.quantize.codebook, before)
+    assert output.reconstruction.shape == (8, 3, 32, 32) and output.quantizer_loss.requires_grad
+    output.quantizer_loss.backward()  # the commitment loss reaches the encoder
+    assert model.encoder.conv_in.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"quantizer": "fsq", "fsq_levels": (4, 4, 4), "codebook_size": 64},
+                  {"quantizer": "lfq", "codebook_size": 64}], ids=["fsq", "lfq"]
+)
+def test_alternative_quantizers(overrides, tmp_path):
+    torch.manual_seed(0)
+    model = VQGAN(VQGANConfig.from_preset("tiny", **overrides)).eval()
+    x = pixels(batch=2)
+    codes = model.encode(x)
+    assert codes.shape == (2, 16, 16) and 0 <= codes.min() and codes.max() < 64
+    with torch.no_grad():
+        expected = model(x).reconstruction.clamp(-1, 1)
+    assert torch.allclose(model.decode(codes), expected, atol=1e-5)  # decode(encode(x)) == forward
+    model.save_pretrained(tmp_path / "vq")
+    assert torch.equal(VQGAN.from_pretrained(tmp_path / "vq").encode(x), codes)

@@ -1,0 +1,36 @@
+"""Reconstruction metrics (lwm.eval.reconstruction) against closed-form values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lwm.eval.reconstruction import codebook_usage, psnr, ssim
+
+
+def test_psnr_matches_its_definition_on_the_8_bit_scale():
+    reference = torch.zeros(2, 3, 8, 8)
+    off_by_ten_levels = reference + 10 / 127.5  # every pixel 10/255 of the range away
+    assert psnr(reference, off_by_ten_levels) == pytest.approx(20 * math.log10(255 / 10), abs=1e-4)
+    assert psnr(reference, reference) == math.inf
+    assert psnr(reference, reference + 5) == pytest.approx(10 * math.log10(4 / 1))  # clipped to the range
+
+
+def test_ssim_of_flat_images_has_a_closed_form():
+    a, b = 0.2, 0.6  # in [0, 1]; SSIM = (2ab + c1) / (a^2 + b^2 + c1) when both images are flat
+    c1 = 0.01**2
+    x = torch.full((1, 3, 16, 16), a * 2 - 1)
+    y = torch.full((1, 3, 16, 16), b * 2 - 1)
+    assert ssim(x, y) == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), abs=1e-5)
+    noisy = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert ssim(noisy, noisy) == pytest.approx(1.0, abs=1e-5)
+    assert ssim(noisy, (noisy + 0.3 * torch.randn_like(noisy)).clamp(-1, 1)) < 0.9
+
+
+def test_codebook_usage_and_perplexity():
+    usage, perplexity = codebook_usage(torch.tensor([0, 0, 1, 3]), 4)
+    assert usage == 0.75
+    assert perplexity == pytest.approx(math.exp(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))))
+    assert codebook_usage(torch.arange(8), 8) == pytest.approx((1.0, 8.0))
