@@ -1,0 +1,279 @@
+"""Training configuration: YAML mapped onto dataclasses, with dotted `key=value` overrides.
+
+    config = load_config("configs/train/tiny-world.yaml", ["optimizer.lr=3e-4", "stages.0.steps=20"])
+
+Every field is typed; a YAML file or an override naming an unknown key, or giving a value of the
+wrong type, is refused with the dotted path of the problem. Values of overrides are read as YAML
+scalars (`1e-4`, `true`, `[a, b]`, `null`).
+
+A run is a list of **stages** run in order, each starting from the weights the previous one ended
+with (LWM's progressive context: the sequence length and RoPE θ grow from stage to stage). A stage
+without its own `data` uses the top-level `data`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A training configuration that cannot be used; the message names the offending key."""
+
+
+@dataclass
+class ModelConfig:
+    # A preset of configs/models/ ("tiny", "lwm-7b"), or a folder holding an LWM or a text-only
+    # LLaMA checkpoint (e.g. LWM-Text: its vision table and head start newly initialised).
+    name_or_path: str = "tiny"
+    # Attention backend with sp_size = 1 ("sdpa", "blockwise", "flash_attention_2"); sp_size > 1 always uses "ring".
+    attn_implementation: str = "blockwise"
+    gradient_checkpointing: bool = False
+    # Glob patterns over parameter names; parameters matching none of them are frozen.
+    trainable: list[str] = field(default_factory=lambda: ["*"])
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # a dataset folder written by `lwm data tokenize`
+    mixture: dict[str, float] | None = None  # task -> weight; None: proportional to each task's size
+    seed: int = 0
+    overlong: Literal["truncate", "drop"] = "truncate"
+    open_rows: int = 4  # rows the packer keeps open for first-fit
+
+
+@dataclass
+class StageConfig:
+    seq_len: int
+    rope_theta: float
+    steps: int
+    name: str = ""
+    data: DataConfig | None = None  # None: the top-level data
+
+
+@dataclass
+class ParallelConfig:
+    sp_size: int = 1  # ranks per sequence-parallel (ring) group; dp = world size / sp_size
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    # Extra DeepSpeed settings (offload, bucket sizes, ...), e.g. configs/deepspeed/zero3-offload.json.
+    # Keys the trainer sets from this config (batch, optimiser, precision, clipping, zero stage) are refused there.
+    deepspeed_config: str | None = None
+
+
+@dataclass
+class BatchConfig:
+    micro_batch_size: int = 1  # rows per data-parallel rank per forward
+    grad_accum_steps: int = 1
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_steps: int = 0
+    decay: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = 0.1  # cosine ends at lr · min_lr_ratio
+
+
+@dataclass
+class LoggingConfig:
+    backend: Literal["tensorboard", "jsonl"] = "jsonl"
+    every_steps: int = 1
+    progress_bar: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0  # 0: only at the end of each stage
+    keep_last: int = 2
+    export_every_steps: int = 0  # save_pretrained exports besides the final one; 0: none
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str
+    stages: list[StageConfig]
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 0
+
+    def stage_data(self, index: int) -> DataConfig:
+        return self.stages[index].data or self.data
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no training config at {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings, got {type(raw).__name__}")
+    for override in overrides:
+        apply_override(raw, override)
+    config = build(TrainConfig, raw, "")
+    validate(config)
+    return config
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Sets `a.b.0.c=value` in the raw (YAML) mapping; list items are addressed by index."""
+    key, separator, text = override.partition("=")
+    if not separator or not key:
+        raise ConfigError(f"override {override!r} must look like key=value, e.g. optimizer.lr=1e-4")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    parts = key.split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            node = node[_list_index(node, part, here)]
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"override {override!r}: {here} is a value, not a group of settings")
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, key)] = value
+    else:
+        node[last] = value
+
+
+def _list_index(items: list, part: str, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise ConfigError(f"{where}: the list has {len(items)} items; use an index in [0, {len(items)})")
+    return int(part)
+
+
+def build(cls, raw, where: str):
+    """The dataclass `cls` from a raw mapping, checking every key and value type."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'the config'} must be a mapping of settings, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {_join(where, unknown[0])}; {where or 'the top level'} takes: {', '.join(fields)}"
+        )
+    values = {}
+    for name, spec in fields.items():
+        if name in raw:
+            values[name] = convert(hints[name], raw[name], _join(where, name))
+        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing required setting {_join(where, name)}")
+    return cls(**values)
+
+
+def convert(kind, value, where: str):
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        return convert(inner, value, where)
+    if dataclasses.is_dataclass(kind):
+        return build(kind, value, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [convert(args[0], item, f"{where}.{index}") for index, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return {convert(args[0], k, where): convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot, or no exponent sign) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"{where}: unsupported setting type {kind}")
+
+
+def validate(config: TrainConfig) -> None:
+    if not config.stages:
+        raise ConfigError("stages must list at least one {seq_len, rope_theta, steps} stage")
+    for index, stage in enumerate(config.stages):
+        where = f"stages.{index}"
+        if stage.seq_len < 2:
+            raise ConfigError(f"{where}.seq_len must be at least 2, got {stage.seq_len}")
+        if stage.seq_len % (2 * config.parallel.sp_size):
+            raise ConfigError(
+                f"{where}.seq_len {stage.seq_len} must be a multiple of 2 · sp_size = {2 * config.parallel.sp_size} "
+                "(zigzag shards)"
+            )
+        if stage.steps < 1:
+            raise ConfigError(f"{where}.steps must be at least 1, got {stage.steps}")
+        if stage.rope_theta <= 0:
+            raise ConfigError(f"{where}.rope_theta must be positive, got {stage.rope_theta}")
+        if not config.stage_data(index).path:
+            raise ConfigError(f"{where} has no data: set data.path (or {where}.data.path) to a tokenized dataset")
+    checks = [
+        (config.parallel.sp_size >= 1, "parallel.sp_size must be at least 1"),
+        (config.batch.micro_batch_size >= 1, "batch.micro_batch_size must be at least 1"),
+        (config.batch.grad_accum_steps >= 1, "batch.grad_accum_steps must be at least 1"),
+        (config.optimizer.lr > 0, "optimizer.lr must be positive"),
+        (len(config.optimizer.betas) == 2, "optimizer.betas must be two numbers"),
+        (config.optimizer.grad_clip >= 0, "optimizer.grad_clip must be >= 0 (0 disables clipping)"),
+        (config.schedule.warmup_steps >= 0, "schedule.warmup_steps must be >= 0"),
+        (0 <= config.schedule.min_lr_ratio <= 1, "schedule.min_lr_ratio must lie in [0, 1]"),
+        (config.logging.every_steps >= 1, "logging.every_steps must be at least 1"),
+        (config.checkpoint.every_steps >= 0, "checkpoint.every_steps must be >= 0"),
+        (config.checkpoint.keep_last >= 1, "checkpoint.keep_last must be at least 1"),
+        (config.checkpoint.export_every_steps >= 0, "checkpoint.export_every_steps must be >= 0"),
+        (bool(config.model.trainable), "model.trainable must list at least one name pattern"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name

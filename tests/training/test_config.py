@@ -1,0 +1,69 @@
+"""Training configs: YAML onto dataclasses, typed overrides, the learning-rate schedule, DeepSpeed settings."""
+
+import json
+import math
+
+import pytest
+
+from lwm.training.config import ConfigError, ScheduleConfig, load_config
+from lwm.training.trainer import deepspeed_config, lr_multiplier
+
+
+@pytest.fixture
+def path(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("output_dir: out\ndata: {path: tokens}\nstages:\n  - {seq_len: 64, rope_theta: 1.0e6, steps: 10}\n")
+    return path
+
+
+def test_config_overrides_are_typed_and_unknown_keys_are_named(path):
+    config = load_config(path, ["optimizer.lr=1e-4", "stages.0.steps=20", "parallel.sp_size=2", "model.trainable=[vision_head.*]"])
+    assert (config.optimizer.lr, config.stages[0].steps, config.parallel.sp_size) == (1e-4, 20, 2)
+    assert config.stages[0].rope_theta == 1e6
+    assert config.model.trainable == ["vision_head.*"]
+    with pytest.raises(ConfigError, match="optimizer.learning_rate"):
+        load_config(path, ["optimizer.learning_rate=1"])
+    with pytest.raises(ConfigError, match="stages.0.steps must be an integer"):
+        load_config(path, ["stages.0.steps=many"])
+    with pytest.raises(ConfigError, match="stages.3"):
+        load_config(path, ["stages.3.steps=1"])
+    with pytest.raises(ConfigError, match="parallel.zero_stage must be one of"):
+        load_config(path, ["parallel.zero_stage=4"])
+    with pytest.raises(ConfigError, match="multiple of 2 · sp_size"):
+        load_config(path, ["parallel.sp_size=3"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(path, ["optimizer.lr"])
+
+
+def test_shipped_configs_load_and_lwm_stages_follow_the_paper():
+    text = load_config("configs/train/lwm-7b-text.yaml")
+    assert [(s.seq_len, s.rope_theta) for s in text.stages] == [
+        (2**15, 1e6), (2**17, 1e7), (2**18, 1e7), (2**19, 2.5e7), (2**20, 5e7)
+    ]
+    vision = load_config("configs/train/lwm-7b-vision.yaml")
+    assert [s.seq_len for s in vision.stages] == [2**10, 2**13, 2**15, 2**17, 2**20]
+    assert {s.rope_theta for s in vision.stages} == {5e7}
+    assert len(load_config("configs/train/tiny-world.yaml").stages) == 2
+
+
+def test_schedule_warms_up_linearly_then_decays_by_cosine_to_the_floor():
+    multiplier = lr_multiplier(ScheduleConfig(warmup_steps=4, decay="cosine", min_lr_ratio=0.1), total_steps=14)
+    assert [multiplier(step) for step in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert multiplier(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert multiplier(14) == pytest.approx(0.1)
+    constant = lr_multiplier(ScheduleConfig(warmup_steps=0, decay="constant"), total_steps=14)
+    assert {constant(step) for step in range(14)} == {1.0}
+
+
+def test_deepspeed_settings_come_from_the_config_and_extra_json_may_not_override_them(path, tmp_path):
+    settings = deepspeed_config(load_config(path, ["parallel.zero_stage=3", "batch.grad_accum_steps=4", "precision=bf16"]))
+    assert settings["zero_optimization"]["stage"] == 3 and settings["gradient_accumulation_steps"] == 4
+    assert settings["bf16"] == {"enabled": True}
+    assert settings["optimizer"]["params"]["torch_adam"] is True
+    extra = tmp_path / "ds.json"
+    extra.write_text(json.dumps({"zero_optimization": {"overlap_comm": True}}))
+    settings = deepspeed_config(load_config(path, [f"parallel.deepspeed_config={extra}"]))
+    assert settings["zero_optimization"] == {"overlap_comm": True, "stage": 0}
+    extra.write_text(json.dumps({"gradient_accumulation_steps": 8}))
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps"):
+        deepspeed_config(load_config(path, [f"parallel.deepspeed_config={extra}"]))

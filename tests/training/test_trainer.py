@@ -1,0 +1,82 @@
+"""The trainer end to end on the tiny model: ZeRO stages, bf16, stages of growing context, config errors."""
+
+import pytest
+import torch
+
+from lwm.data.loader import PackedLoader, TokenizedDataset
+from lwm.model import LWMConfig, LWMForCausalLM
+from lwm.training.checkpoint import latest_tag
+from tests.training.random_tokens import write_random_tokens
+from tests.training.runs import export_in_process, final_weights, losses, metrics, tiny_config, train_in_processes
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_random_tokens(tmp_path_factory.mktemp("tokens"))
+
+
+def _falls(curve):
+    return sum(curve[-3:]) / 3 < 0.9 * sum(curve[:3]) / 3
+
+
+@pytest.mark.parametrize(
+    "zero_stage, sp_size, precision", [(2, 1, "fp32"), (3, 2, "fp32"), (2, 1, "bf16")], ids=["zero2", "zero3-sp2", "zero2-bf16"]
+)
+def test_zero_stages_train_the_tiny_model(data_dir, tmp_path, zero_stage, sp_size, precision):
+    raw = tiny_config(
+        tmp_path, data_dir, stages=[{"seq_len": 32, "rope_theta": 10000.0, "steps": 12}],
+        parallel={"zero_stage": zero_stage, "sp_size": sp_size}, precision=precision, optimizer={"lr": 1e-2},
+    )
+    train_in_processes(raw, 2)
+    curve = losses(tmp_path)
+    assert len(curve) == 12 and _falls(curve), curve
+    assert all(m["grad_norm"] > 0 for m in metrics(tmp_path))
+
+
+def test_two_stages_change_length_and_theta_and_stage_two_starts_from_stage_one(data_dir, tmp_path):
+    stages = [
+        {"seq_len": 32, "rope_theta": 10000.0, "steps": 3, "name": "short"},
+        {"seq_len": 64, "rope_theta": 1.0e6, "steps": 2, "name": "long"},
+    ]
+    train_in_processes(tiny_config(tmp_path, data_dir, stages=stages), 1)
+    first, second = (LWMConfig.from_pretrained(tmp_path / "pretrained" / f"stage{i}") for i in (0, 1))
+    assert (first.rope_parameters["rope_theta"], second.rope_parameters["rope_theta"]) == (10000.0, 1.0e6)
+    logged = metrics(tmp_path)
+    assert [m["stage"] for m in logged] == [0, 0, 0, 1, 1]
+
+    # Stage 2's first loss is that of stage 1's final weights, with θ = 1e6, on stage 2's first 64-token rows.
+    batch = next(PackedLoader(TokenizedDataset(data_dir), 64, 1, seed=0))
+    with torch.no_grad():
+        loss_old_theta = LWMForCausalLM.from_pretrained(tmp_path / "pretrained" / "stage0", dtype=torch.float32)(**batch).loss.item()
+        first.rope_parameters["rope_theta"] = 1.0e6
+        model = LWMForCausalLM.from_pretrained(tmp_path / "pretrained" / "stage0", config=first, dtype=torch.float32)
+        loss_new_theta = model(**batch).loss.item()
+    assert logged[3]["loss"] == pytest.approx(loss_new_theta, rel=1e-5)
+    assert loss_new_theta != pytest.approx(loss_old_theta, rel=1e-5)  # θ really changed the model
+
+
+def test_freezing_trains_only_the_vision_table_and_head_and_tensorboard_logs(data_dir, tmp_path):
+    raw = tiny_config(tmp_path / "run", data_dir, model={"trainable": ["vision_embed_tokens.*", "vision_head.*"]},
+                      stages=[{"seq_len": 32, "rope_theta": 10000.0, "steps": 2}], logging={"backend": "tensorboard"})
+    train_in_processes(raw, 1)
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    torch.manual_seed(0)  # the trainer's seed: the weights it starts from
+    start = LWMForCausalLM(LWMConfig.from_preset("tiny")).state_dict()
+    trained = final_weights(tmp_path / "run")
+    for name in trained:
+        moved = not torch.equal(trained[name], start[name])
+        assert moved == name.startswith(("vision_embed_tokens", "vision_head")), name
+
+
+def test_a_diverging_loss_stops_and_the_last_good_checkpoint_can_be_exported(data_dir, tmp_path):
+    # An absurd learning rate blows the weights up after the first step; step 1 is checkpointed.
+    raw = tiny_config(tmp_path, data_dir, optimizer={"lr": 1e30, "grad_clip": 0.0}, schedule={"warmup_steps": 0},
+                      checkpoint={"every_steps": 1})
+    with pytest.raises(Exception, match=r"stopping: the (loss|gradient norm) is (nan|inf)") as raised:
+        train_in_processes(raw, 1)
+    assert "stage0-step000001" in str(raised.value)
+    assert latest_tag(tmp_path / "checkpoints") == "stage0-step000001"
+    assert not (tmp_path / "pretrained").exists()
+    export_in_process(raw)  # on demand: the last good weights, for inference
+    model = LWMForCausalLM.from_pretrained(tmp_path / "pretrained" / "stage0-step000001")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
