@@ -3,8 +3,10 @@
     .venv/bin/python benchmarks/attention.py                 # 4K ... 64K, causal and packed
     .venv/bin/python benchmarks/attention.py --lengths 4096 8192 --repeats 3
 
-Every (method, mask, length) runs in a fresh process so its peak resident memory is its own; the
-reported memory is that peak minus the resident size just before the call (inputs included).
+Every (method, mask, length) runs in a fresh process, with one thread, so its peak resident memory
+is its own; the reported memory is that peak minus the resident size just before the call (inputs
+included). Times are medians of wall-clock and of the process's CPU time: on a quiet machine they
+agree; on a shared one the CPU time still measures the work done.
 "Packed" splits the sequence into 4 documents: SDPA then needs a dense seq x seq mask, blockwise
 does not.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -24,9 +27,12 @@ from common import machine, median_seconds, peak_bytes, print_table, resident_by
 from lwm.model.attention import blockwise_attention  # noqa: E402
 
 HEADS, HEAD_DIM, CHUNK = 4, 64, 1024
+HEADERS = ["mask", "seq", "blockwise s", "sdpa s", "sdpa/blockwise", "blockwise CPU s", "sdpa CPU s",
+           "sdpa/blockwise (CPU)", "blockwise MB", "sdpa MB"]
 
 
 def worker(method: str, mask: str, length: int, repeats: int) -> dict:
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, requires_grad=True) for _ in range(3))
     segments = None
@@ -45,7 +51,8 @@ def worker(method: str, mask: str, length: int, repeats: int) -> dict:
 
     before = resident_bytes()
     seconds = median_seconds(step, repeats, warmup=0 if length >= 32768 else 1)
-    return {"seconds": seconds, "peak_mb": (peak_bytes() - before) / 2**20}
+    cpu_seconds = median_seconds(step, repeats, warmup=0, clock=time.process_time) if length < 32768 else None
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds or seconds, "peak_mb": (peak_bytes() - before) / 2**20}
 
 
 def main() -> None:
@@ -61,20 +68,22 @@ def main() -> None:
         return
 
     print(f"# attention fwd+bwd, fp32, 1 x {HEADS} heads x head_dim {HEAD_DIM}, chunk {CHUNK}; {machine()}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"torch {torch.__version__}, 1 thread per run")
     rows = []
     for mask in args.masks:
         for length in args.lengths:
             repeats = str(args.repeats if length <= 16384 else 1)
             ours = run_worker(__file__, "blockwise", mask, str(length), repeats)
             peer = run_worker(__file__, "sdpa", mask, str(length), repeats)
-            ratio = f"{peer['seconds'] / ours['seconds']:.2f}x" if "seconds" in ours and "seconds" in peer else "-"
+            both = "seconds" in ours and "seconds" in peer
+            ratio = lambda key: f"{peer[key] / ours[key]:.2f}x" if both else "-"  # noqa: E731
             fmt = lambda r, key, spec: format(r[key], spec) if key in r else r.get("error", "-")  # noqa: E731
-            rows.append([mask, length, fmt(ours, "seconds", ".3f"), fmt(peer, "seconds", ".3f"), ratio,
+            rows.append([mask, length, fmt(ours, "seconds", ".2f"), fmt(peer, "seconds", ".2f"), ratio("seconds"),
+                         fmt(ours, "cpu_seconds", ".2f"), fmt(peer, "cpu_seconds", ".2f"), ratio("cpu_seconds"),
                          fmt(ours, "peak_mb", ".0f"), fmt(peer, "peak_mb", ".0f")])
-            print_table(["mask", "seq", "blockwise s", "sdpa s", "speed (sdpa/blockwise)", "blockwise MB", "sdpa MB"], rows[-1:])
+            print_table(HEADERS, rows[-1:], flush=True)
     print()
-    print_table(["mask", "seq", "blockwise s", "sdpa s", "speed (sdpa/blockwise)", "blockwise MB", "sdpa MB"], rows)
+    print_table(HEADERS, rows)
 
 
 if __name__ == "__main__":

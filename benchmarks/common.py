@@ -11,14 +11,14 @@ import sys
 import time
 
 
-def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+def median_seconds(fn, repeats: int, warmup: int = 1, clock=time.perf_counter) -> float:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -53,10 +53,10 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores"
 
 
-def print_table(headers: list[str], rows: list[list]) -> None:
+def print_table(headers: list[str], rows: list[list], flush: bool = False) -> None:
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in cells:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |", flush=flush)
