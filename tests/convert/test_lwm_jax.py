@@ -6,7 +6,6 @@ through accelerate, and clear errors for wrong files."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import pickle
 import random
@@ -16,6 +15,7 @@ import pytest
 import torch
 from sentencepiece import SentencePieceProcessor
 
+from lwm.cli import main
 from lwm.convert import lwm_jax
 from lwm.convert.msgpack_reader import StreamingCheckpoint
 from lwm.convert.vqgan_pickle import expected_flax_shapes
@@ -138,9 +138,8 @@ def vqgan_pickle(tmp_path_factory):
 
 
 def convert(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    lwm_jax.configure(parser)
-    return lwm_jax.run(parser.parse_args([*argv, "--quiet"]))
+    """Runs `lwm convert lwm-jax ARGV` through the real command line."""
+    return main(["convert", "lwm-jax", *argv, "--quiet"])
 
 
 def tiny_args(params_path, out, *extra) -> list[str]:

@@ -235,7 +235,7 @@ def test_converted_vqgan_matches_numpy_reference(tmp_path):
     np.testing.assert_array_equal(codes.numpy(), ref_codes)
 
     ref_pixels = np_decode(tree, ref_codes)
-    assert 0.05 < np.mean(np.abs(ref_pixels) < 1) , "reference output is saturated; the check would be vacuous"
+    assert np.mean(np.abs(ref_pixels) < 1) > 0.5, "reference output is saturated; the check would be vacuous"
     ours = loaded.decode(codes).permute(0, 2, 3, 1).double().numpy()
     np.testing.assert_allclose(ours, ref_pixels, atol=1e-4, rtol=0)
 
