@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import machine, print_table, resident_bytes, run_worker  # noqa: E402
+from common import machine, peak_bytes, print_table, resident_bytes, run_worker  # noqa: E402
 
 from tests.convert.official_format import Dims, layer_shapes, write_streaming_checkpoint  # noqa: E402
 
@@ -52,14 +52,6 @@ def synthetic_records(dims: Dims, seed: int = 0):
     yield ("vision_head", "kernel"), leaf((d, dims.vision_vocab_size))
 
 
-def peak_resident_bytes() -> int:
-    """This process's own peak RSS (VmHWM). ru_maxrss would not do: Linux carries the forking parent's
-    peak into a child's ru_maxrss across fork + exec, and the parent has just written a 2 GB file."""
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmHWM:"))
-    return int(line.split()[1]) * 1024
-
-
 def worker(params_path: str, out_dir: str) -> dict:
     import lwm.model  # noqa: F401  (torch + transformers: part of the baseline, not of the conversion)
     from lwm.convert.lwm_jax import convert_params
@@ -67,7 +59,7 @@ def worker(params_path: str, out_dir: str) -> dict:
     baseline = resident_bytes()
     start = time.perf_counter()
     convert_params(params_path, out_dir, num_heads=DIMS.num_heads, num_vision_codes=8192, progress=False)
-    return {"baseline": baseline, "peak": peak_resident_bytes(), "seconds": time.perf_counter() - start}
+    return {"baseline": baseline, "peak": peak_bytes(), "seconds": time.perf_counter() - start}
 
 
 def main() -> None:
