@@ -1,0 +1,325 @@
+"""World evaluation: how well a model understands and draws the synthetic world, on held-out seeds.
+
+Every score is computed from what the model actually produced, read by the world's own tools:
+
+- video QA: `world.questions(clip)` answered about the clip, scored by `judge.score_answer` (exact
+  answer words), per question type;
+- captions: "Describe the video." scored by `judge.score_caption` against the ground truth;
+- text -> image / text -> video: `world.image_prompt_for` / `world.prompt_for` of a held-out clip,
+  the generated frames read back by the judge and checked for count, colour, shape, size and region
+  (image) or direction (video);
+- continuation: the first frames of a clip in, the next frames out, scored by
+  `judge.score_continuation` against the world's true physics (trajectory error, direction kept);
+  the same score for simply repeating the last given frame is reported beside it as a baseline;
+- tokenizer: PSNR / SSIM / codebook usage of the model's VQGAN on held-out frames.
+
+The model is seen through a `Subject` (`LWMSubject` wraps an `LWM`), so the harness itself can be
+validated by a subject that returns the ground truth: it must score perfectly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from lwm import media
+from lwm.data import judge, world
+from lwm.eval.reconstruction import codebook_usage, psnr, ssim
+from lwm.tokenizers.processing_lwm import CAPTION_REQUESTS
+
+WORLD_TASKS: tuple[str, ...] = ("video_qa", "caption", "text_to_image", "text_to_video", "continuation", "tokenizer")
+SAMPLES_KEPT = 4  # examples of prompts and outputs kept in the report per task
+SSIM_WINDOW = 11
+
+
+@dataclass(frozen=True)
+class WorldEvalConfig:
+    seeds: int = 20  # held-out clips per task (the first `seeds` of split_seeds("held_out"))
+    video_frames: int = 8  # frames drawn per text -> video prompt
+    context_frames: int = 4  # frames shown before a continuation
+    continuation_frames: int = 4  # frames the model continues with
+    answer_tokens: int = 16
+    caption_tokens: int = 96
+    temperature: float = 1.0  # of the drawing tasks (0: greedy); text is always greedy
+    grid_samples: int = 4  # generated videos drawn in each task's PNG grid
+
+    def __post_init__(self):
+        for name in ("seeds", "video_frames", "context_frames", "continuation_frames", "answer_tokens",
+                     "caption_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.context_frames + self.continuation_frames > world.WorldConfig().min_frames:
+            raise ValueError(f"context_frames + continuation_frames must be at most {world.WorldConfig().min_frames}, "
+                             "the length of the shortest world clip")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be 0 (greedy) or positive, got {self.temperature}")
+
+
+class Subject(Protocol):
+    """What the harness asks of a model. Frames are uint8 `[T, H, W, 3]`; images `[H, W, 3]`."""
+
+    def answer(self, frames: np.ndarray, questions: list[str], max_new_tokens: int) -> list[str]: ...
+
+    def draw_image(self, prompt: str, seed: int) -> np.ndarray: ...
+
+    def draw_video(self, prompt: str, num_frames: int, seed: int) -> np.ndarray: ...
+
+    def continue_video(self, frames: np.ndarray, num_frames: int, seed: int) -> np.ndarray: ...
+
+
+class LWMSubject:
+    """An `LWM` as the harness sees it: the public API, text greedy, drawing at `temperature` with a seed."""
+
+    def __init__(self, lwm, temperature: float = 1.0):
+        self.lwm = lwm
+        self.temperature = temperature
+
+    def answer(self, frames: np.ndarray, questions: list[str], max_new_tokens: int) -> list[str]:
+        # As LWM.answer does, but the video is read and encoded once for all its questions.
+        sampled = self.lwm.load_media(frames, "video")
+        codes = self.lwm.processor.encode_media({"type": "video", "frames": sampled})
+        video = {"type": "video", "codes": codes}
+        return [
+            self.lwm.chat([{"role": "user", "content": [{"type": "text", "text": question}, video]}],
+                          max_new_tokens=max_new_tokens)
+            for question in questions
+        ]
+
+    def draw_image(self, prompt: str, seed: int) -> np.ndarray:
+        return np.asarray(self.lwm.generate_image(prompt, temperature=self.temperature, seed=seed))
+
+    def draw_video(self, prompt: str, num_frames: int, seed: int) -> np.ndarray:
+        return self.lwm.generate_video(prompt, num_frames=num_frames, temperature=self.temperature, seed=seed).frames
+
+    def continue_video(self, frames: np.ndarray, num_frames: int, seed: int) -> np.ndarray:
+        return self.lwm.continue_video(frames, num_frames=num_frames, temperature=self.temperature, seed=seed).frames
+
+
+@dataclass
+class Tally:
+    """Right / total counts by key."""
+
+    correct: Counter = field(default_factory=Counter)
+    total: Counter = field(default_factory=Counter)
+
+    def add(self, key: str, right: bool) -> None:
+        self.correct[key] += int(right)
+        self.total[key] += 1
+
+    def summary(self) -> dict[str, dict]:
+        return {key: {"correct": self.correct[key], "total": self.total[key],
+                      "accuracy": self.correct[key] / self.total[key]} for key in self.total}
+
+
+@dataclass
+class TaskResult:
+    """One task's report entry (`summary`, JSON-ready: metrics, counts, seeds, samples), its generated
+    videos for the PNG grid ((label, frames) rows) and how long it took."""
+
+    summary: dict
+    grid: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def held_out_clips(n: int) -> list[world.Clip]:
+    return [world.generate_clip(seed) for seed in world.split_seeds("held_out", n)]
+
+
+def continuation_case(clip: world.Clip, config: WorldEvalConfig) -> tuple[world.Clip, world.Clip]:
+    """The frames shown and the true future the model should continue with."""
+    return world.continuation(clip, config.context_frames, config.continuation_frames)
+
+
+def at_world_size(frames: np.ndarray, frame_size: int) -> np.ndarray:
+    """Generated frames resized to the world's frame size, so the judge measures sizes and positions in
+    world pixels whatever the VQGAN's resolution."""
+    frames = np.asarray(frames)
+    if frames.shape[-3:-1] == (frame_size, frame_size):
+        return frames
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    resized = [np.asarray(Image.fromarray(frame).resize((frame_size, frame_size), Image.Resampling.BICUBIC))
+               for frame in flat]
+    return np.stack(resized).reshape(*frames.shape[:-3], frame_size, frame_size, 3)
+
+
+def score_drawing(frames: np.ndarray, prompt: str, frame_size: int) -> judge.Score:
+    """Whether a drawn image `[H, W, 3]` or video `[T, H, W, 3]` shows what `prompt` says."""
+    return judge.score(at_world_size(frames, frame_size), prompt)
+
+
+def score_continuation(frames: np.ndarray, future: world.Clip) -> judge.ContinuationScore:
+    return judge.score_continuation(at_world_size(frames, future.frame_size), future)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tasks
+# ---------------------------------------------------------------------------------------------------
+
+
+def evaluate_video_qa(subject: Subject, clips: list[world.Clip], config: WorldEvalConfig,
+                      progress: bool = False) -> TaskResult:
+    tally, samples = Tally(), []
+    for clip in tqdm(clips, desc="video QA", disable=not progress):
+        qas = world.questions(clip)
+        replies = subject.answer(clip.frames, [qa.question for qa in qas], config.answer_tokens)
+        for qa, reply in zip(qas, replies):
+            right = judge.score_answer(reply, qa)
+            tally.add(qa.type, right)
+            if len(samples) < SAMPLES_KEPT:
+                samples.append({"seed": clip.seed, "question": qa.question, "answer": qa.answer, "reply": reply,
+                                "correct": right})
+    by_type = tally.summary()
+    correct, total = sum(tally.correct.values()), sum(tally.total.values())
+    metrics = {"accuracy": correct / total}
+    metrics.update({f"{kind}.accuracy": entry["accuracy"] for kind, entry in by_type.items()})
+    return TaskResult({"metrics": metrics, "questions": total, "by_type": by_type,
+                       "seeds": [clip.seed for clip in clips], "samples": samples})
+
+
+def evaluate_caption(subject: Subject, clips: list[world.Clip], config: WorldEvalConfig,
+                     progress: bool = False) -> TaskResult:
+    scores, samples = [], []
+    for clip in tqdm(clips, desc="captions", disable=not progress):
+        [text] = subject.answer(clip.frames, [CAPTION_REQUESTS["video"]], config.caption_tokens)
+        scores.append(judge.score_caption(text, clip))
+        if len(samples) < SAMPLES_KEPT:
+            samples.append({"seed": clip.seed, "truth": world.caption(clip), "caption": text,
+                            "checks": scores[-1].checks})
+    return TaskResult({**_judged(scores), "seeds": [clip.seed for clip in clips], "samples": samples})
+
+
+def evaluate_text_to_image(subject: Subject, clips: list[world.Clip], config: WorldEvalConfig,
+                           progress: bool = False) -> TaskResult:
+    scores, samples, grid = [], [], []
+    for clip in tqdm(clips, desc="text -> image", disable=not progress):
+        prompt = world.image_prompt_for(clip, world.still_frame(clip))
+        image = subject.draw_image(prompt, seed=clip.seed)
+        scores.append(score_drawing(image, prompt, clip.frame_size))
+        if len(samples) < SAMPLES_KEPT:
+            samples.append({"seed": clip.seed, "prompt": prompt, "checks": scores[-1].checks})
+        if len(grid) < config.grid_samples:
+            grid.append((_label(prompt, scores[-1].correct), image[None]))
+    return TaskResult({**_judged(scores), "seeds": [clip.seed for clip in clips], "samples": samples}, grid)
+
+
+def evaluate_text_to_video(subject: Subject, clips: list[world.Clip], config: WorldEvalConfig,
+                           progress: bool = False) -> TaskResult:
+    scores, samples, grid = [], [], []
+    for clip in tqdm(clips, desc="text -> video", disable=not progress):
+        prompt = world.prompt_for(clip)
+        video = subject.draw_video(prompt, config.video_frames, seed=clip.seed)
+        scores.append(score_drawing(video, prompt, clip.frame_size))
+        if len(samples) < SAMPLES_KEPT:
+            samples.append({"seed": clip.seed, "prompt": prompt, "checks": scores[-1].checks})
+        if len(grid) < config.grid_samples:
+            grid.append((_label(prompt, scores[-1].correct), video))
+    return TaskResult({**_judged(scores), "seeds": [clip.seed for clip in clips], "samples": samples}, grid)
+
+
+def evaluate_continuation(subject: Subject, clips: list[world.Clip], config: WorldEvalConfig,
+                          progress: bool = False) -> TaskResult:
+    scores, static, samples, grid = [], [], [], []
+    for clip in tqdm(clips, desc="continuation", disable=not progress):
+        context, future = continuation_case(clip, config)
+        frames = subject.continue_video(context.frames, config.continuation_frames, seed=clip.seed)
+        scores.append(score_continuation(frames, future))
+        still = np.repeat(context.frames[-1:], config.continuation_frames, axis=0)
+        static.append(score_continuation(still, future))
+        if len(samples) < SAMPLES_KEPT:
+            samples.append({"seed": clip.seed, "trajectory_error": scores[-1].trajectory_error,
+                            "found": scores[-1].found, "direction_kept": scores[-1].direction_kept})
+        if len(grid) < config.grid_samples:
+            label = f"seed {clip.seed}: given | generated | true"
+            shown = at_world_size(frames, clip.frame_size)
+            grid.append((_label(label, scores[-1].direction_kept), np.concatenate([context.frames, shown, future.frames])))
+    metrics = {
+        "direction_kept": float(np.mean([s.direction_kept for s in scores])),
+        "trajectory_error": _nanmean([s.trajectory_error for s in scores]),
+        "found": float(np.mean([s.found for s in scores])),
+        "static_baseline.trajectory_error": _nanmean([s.trajectory_error for s in static]),
+    }
+    summary = {"metrics": metrics, "count": len(scores), "context_frames": config.context_frames,
+               "continuation_frames": config.continuation_frames, "seeds": [clip.seed for clip in clips],
+               "samples": samples}
+    return TaskResult(summary, grid)
+
+
+@torch.no_grad()
+def evaluate_tokenizer(vqgan, clips: list[world.Clip], batch_size: int = 32, progress: bool = False) -> TaskResult:
+    """Reconstruction of every frame of the clips, resized to the VQGAN's resolution as the processor does.
+
+    SSIM needs frames at least as large as its window; smaller ones (test-sized VQGANs) report None.
+    """
+    pixels = torch.cat([media.preprocess(clip.frames, vqgan.config.resolution) for clip in clips])
+    device = next(vqgan.parameters()).device
+    codes, reconstructions = [], []
+    for chunk in tqdm(pixels.split(batch_size), desc="tokenizer", disable=not progress):
+        chunk_codes = vqgan.encode(chunk.to(device))
+        codes.append(chunk_codes.cpu())
+        reconstructions.append(vqgan.decode(chunk_codes).cpu())
+    codes, reconstruction = torch.cat(codes), torch.cat(reconstructions)
+    usage, perplexity = codebook_usage(codes, vqgan.codebook_size)
+    metrics = {"psnr": psnr(pixels, reconstruction), "codebook_usage": usage, "perplexity": perplexity}
+    if vqgan.config.resolution >= SSIM_WINDOW:
+        metrics["ssim"] = ssim(pixels, reconstruction, window=SSIM_WINDOW)
+    return TaskResult({"metrics": metrics, "frames": len(pixels), "resolution": vqgan.config.resolution,
+                       "seeds": [clip.seed for clip in clips]})
+
+
+def evaluate_world(subject: Subject, tasks: list[str], config: WorldEvalConfig, vqgan=None,
+                   progress: bool = False) -> dict[str, TaskResult]:
+    """The world tasks asked for, in `WORLD_TASKS` order, each on the first `config.seeds` held-out clips."""
+    unknown = set(tasks) - set(WORLD_TASKS)
+    if unknown:
+        raise ValueError(f"unknown world tasks {sorted(unknown)}; expected some of {', '.join(WORLD_TASKS)}")
+    if "tokenizer" in tasks and vqgan is None:
+        raise ValueError("the tokenizer task needs the model's VQGAN")
+    if not tasks:
+        return {}
+    clips = held_out_clips(config.seeds)
+    runners = {
+        "video_qa": evaluate_video_qa,
+        "caption": evaluate_caption,
+        "text_to_image": evaluate_text_to_image,
+        "text_to_video": evaluate_text_to_video,
+        "continuation": evaluate_continuation,
+    }
+    results = {}
+    for task in WORLD_TASKS:
+        if task not in tasks:
+            continue
+        start = time.perf_counter()
+        if task == "tokenizer":
+            results[task] = evaluate_tokenizer(vqgan, clips, progress=progress)
+        else:
+            results[task] = runners[task](subject, clips, config, progress)
+        results[task].seconds = time.perf_counter() - start
+    return results
+
+
+def _judged(scores: list[judge.Score]) -> dict:
+    """Accuracy (every check right) and each check's own accuracy over judged outputs."""
+    checks = Tally()
+    for score in scores:
+        for check, right in score.checks.items():
+            checks.add(check, right)
+    metrics = {"accuracy": float(np.mean([score.correct for score in scores]))}
+    metrics.update({f"{check}.accuracy": entry["accuracy"] for check, entry in checks.summary().items()})
+    return {"metrics": metrics, "count": len(scores), "checks": checks.summary()}
+
+
+def _label(text: str, correct: bool) -> str:
+    return f"[{'right' if correct else 'wrong'}] {text}"
+
+
+def _nanmean(values: list[float]) -> float:
+    """The mean of the finite values; NaN when there are none (nothing was found)."""
+    finite = [value for value in values if np.isfinite(value)]
+    return float(np.mean(finite)) if finite else float("nan")

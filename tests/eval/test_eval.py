@@ -1,0 +1,258 @@
+"""`lwm eval`: the harness is validated on the ground truth, and a random model cannot pass its bars.
+
+A subject that returns the world's own answers, captions, clips and futures must score perfectly
+(so every scorer reads real outputs correctly); the tiny random model runs the whole CLI end to end,
+writes the report and PNGs, and fails a video QA bar of 0.5.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lwm.cli import main as lwm_main
+from lwm.data import needle as needles
+from lwm.data import world
+from lwm.eval import bars, needle, report
+from lwm.eval.world import (
+    WorldEvalConfig,
+    at_world_size,
+    continuation_case,
+    evaluate_world,
+    held_out_clips,
+)
+from lwm.tokenizers.processing_lwm import CAPTION_REQUESTS
+from tests.serve.conftest import build_tiny_model_dir
+
+CONFIG = WorldEvalConfig(seeds=3, video_frames=6, context_frames=4, continuation_frames=3)
+
+
+class GroundTruth:
+    """A subject that knows the world: it answers, draws and continues with the truth."""
+
+    def __init__(self, clips: list[world.Clip], config: WorldEvalConfig):
+        self.clips = {clip.frames.tobytes(): clip for clip in clips}
+        self.futures = {}
+        for clip in clips:
+            context, future = continuation_case(clip, config)
+            self.futures[context.frames.tobytes()] = future
+
+    def answer(self, frames, questions, max_new_tokens):
+        clip = self.clips[frames.tobytes()]
+        truth = {qa.question: qa.answer for qa in world.questions(clip)}
+        truth[CAPTION_REQUESTS["video"]] = world.caption(clip)
+        return [truth[question] for question in questions]
+
+    def draw_image(self, prompt, seed):
+        return world.clip_from_prompt(prompt, seed, n_frames=1).frames[0]
+
+    def draw_video(self, prompt, num_frames, seed):
+        return world.clip_from_prompt(prompt, seed, n_frames=num_frames).frames
+
+    def continue_video(self, frames, num_frames, seed):
+        return self.futures[frames.tobytes()].frames[:num_frames]
+
+
+class StandingStill(GroundTruth):
+    """Knows the world but never moves: continuations repeat the last frame."""
+
+    def continue_video(self, frames, num_frames, seed):
+        return np.repeat(frames[-1:], num_frames, axis=0)
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return held_out_clips(CONFIG.seeds)
+
+
+def test_ground_truth_scores_perfectly(clips):
+    results = evaluate_world(GroundTruth(clips, CONFIG), ["video_qa", "caption", "text_to_image", "text_to_video",
+                                                         "continuation"], CONFIG)
+    qa = results["video_qa"].summary
+    assert qa["metrics"]["accuracy"] == 1.0
+    assert qa["questions"] == sum(len(world.questions(clip)) for clip in clips)
+    assert set(qa["by_type"]) <= set(world.QUESTION_TYPES) and sum(t["total"] for t in qa["by_type"].values()) == qa["questions"]
+    assert qa["seeds"] == list(world.split_seeds("held_out", CONFIG.seeds))
+    for task in ("caption", "text_to_image", "text_to_video"):
+        summary = results[task].summary
+        assert summary["metrics"]["accuracy"] == 1.0, (task, summary["samples"])
+        assert summary["count"] == CONFIG.seeds
+    assert {"colour", "shape", "direction"} <= set(results["text_to_video"].summary["checks"])
+    assert "region" in results["text_to_image"].summary["checks"]
+    continued = results["continuation"].summary["metrics"]
+    assert continued["direction_kept"] == 1.0 and continued["found"] == 1.0
+    assert continued["trajectory_error"] < 0.5
+    assert continued["static_baseline.trajectory_error"] > 2  # every world object moves >= 2 px per frame
+    assert len(results["text_to_video"].grid) == CONFIG.seeds
+
+
+def test_scorers_reject_wrong_outputs(clips):
+    wrong = StandingStill(clips, CONFIG)
+    wrong.answer = lambda frames, questions, max_new_tokens: ["red or blue"] * len(questions)
+    wrong.draw_video = lambda prompt, num_frames, seed: np.zeros((num_frames, 64, 64, 3), np.uint8)
+    results = evaluate_world(wrong, ["video_qa", "text_to_video", "continuation"], CONFIG)
+    assert results["video_qa"].summary["metrics"]["accuracy"] < 0.2
+    assert results["text_to_video"].summary["metrics"]["accuracy"] == 0.0
+    continued = results["continuation"].summary["metrics"]
+    assert continued["direction_kept"] == 0.0 and continued["trajectory_error"] > 2
+
+
+def test_drawings_are_judged_at_world_size(clips):
+    small = np.stack([np.asarray(Image.fromarray(f).resize((32, 32), Image.Resampling.BICUBIC)) for f in clips[0].frames])
+    assert at_world_size(small, 64).shape == clips[0].frames.shape
+    assert at_world_size(clips[0].frames, 64) is clips[0].frames
+
+
+def test_world_config_checks():
+    with pytest.raises(ValueError, match="seeds"):
+        WorldEvalConfig(seeds=0)
+    with pytest.raises(ValueError, match="shortest world clip"):
+        WorldEvalConfig(context_frames=6, continuation_frames=6)
+    with pytest.raises(ValueError, match="unknown world tasks"):
+        evaluate_world(GroundTruth([], CONFIG), ["vqa"], CONFIG)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Needles
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_scaled_rope():
+    rope = {"rope_type": "default", "rope_theta": 1e4}
+    assert needle.scaled_rope(rope, "ntk", 1, 64) == rope
+    assert needle.scaled_rope(rope, "none", 4, 64) == rope
+    assert math.isclose(needle.scaled_rope(rope, "ntk", 4, 64)["rope_theta"], 1e4 * 4 ** (64 / 62))
+    assert needle.scaled_rope(rope, "linear", 2, 64) == {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}
+
+
+def test_rope_parameters_change_and_restore(tiny_model):
+    lwm = tiny_model
+    before = lwm.model.model.rotary_emb.inv_freq.clone()
+    rope = needle.scaled_rope(dict(lwm.model.config.rope_parameters), "linear", 2, lwm.model.config.head_dim)
+    with needle.rope_parameters(lwm.model, rope):
+        assert torch.allclose(lwm.model.model.rotary_emb.inv_freq, before / 2)
+    assert torch.equal(lwm.model.model.rotary_emb.inv_freq, before)
+
+
+def test_needle_examples_fit_their_length(tiny_model):
+    config = needle.NeedleEvalConfig(trained_length=200, multiples=(1, 2), depths=(0.0, 1.0), seeds=2)
+    found = needle.examples(tiny_model.processor, config)
+    assert len(found) == 2 * 2 * 2
+    for multiple, depth, example in found:
+        length = len(needle.prompt_ids(tiny_model.processor, example)) + config.max_new_tokens
+        assert 0.8 * multiple * 200 < length <= multiple * 200
+    with pytest.raises(ValueError, match="too short"):
+        needle.examples(tiny_model.processor, needle.NeedleEvalConfig(trained_length=20))
+
+
+def test_needle_answers_are_scored_by_the_number(tiny_model):
+    example = needles.make_example(300, 0.5, seed=1)
+    assert example.is_correct(f"It is {example.answer}.") and not example.is_correct("It is 12.")
+
+
+def test_needle_across_ring_ranks_matches_one_process(tiny_model, tiny_model_folder):
+    config = needle.NeedleEvalConfig(trained_length=160, multiples=(1, 2), depths=(0.5,), seeds=1,
+                                     rope_scalings=("ntk",), ring_multiples=(1,), max_new_tokens=4)
+    result = needle.evaluate_needle(tiny_model.model, tiny_model.processor, config, model_dir=tiny_model_folder)
+    assert set(result["metrics"]) == {"accuracy@1x", "accuracy@2x.ntk", "accuracy@ring2.1x", "agreement@ring2.1x"}
+    assert result["metrics"]["agreement@ring2.1x"] == 1.0  # sharded decoding is exact
+    assert result["rope"]["2x.ntk"]["rope_theta"] > result["rope"]["1x"]["rope_theta"]
+    assert {cell["setting"] for cell in result["cells"]} == {"1x", "2x.ntk", "ring2.1x"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bars and report
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_bars(tmp_path):
+    assert bars.parse_bar("video_qa.accuracy>=0.9") == bars.Bar("video_qa.accuracy", ">=", 0.9)
+    assert bars.parse_bar("continuation.trajectory_error <= 6") == bars.Bar("continuation.trajectory_error", "<=", 6)
+    with pytest.raises(ValueError, match="METRIC>=VALUE"):
+        bars.parse_bar("video_qa.accuracy=0.9")
+    path = tmp_path / "bars.json"
+    path.write_text(json.dumps({"video_qa.accuracy": 0.9, "continuation.trajectory_error": "<= 6", "needle.accuracy@1x": 0.5}))
+    loaded = bars.load_bars(path)
+    metrics = {"video_qa.accuracy": 0.95, "continuation.trajectory_error": float("nan")}
+    verdicts = {v["metric"]: v for v in bars.check_bars(loaded, metrics, ["video_qa", "continuation"])}
+    assert verdicts["video_qa.accuracy"]["passed"] is True
+    assert verdicts["continuation.trajectory_error"]["passed"] is False  # NaN: nothing measured is no pass
+    assert verdicts["needle.accuracy@1x"]["passed"] is None  # the task did not run
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        bars.load_bars(path)
+
+
+def test_pictures_and_json(tmp_path):
+    rows = [("a video", np.zeros((3, 8, 8, 3), np.uint8)), ("an image", np.full((1, 16, 16, 3), 255, np.uint8))]
+    report.video_grid(rows, tmp_path / "grid.png", cell=32)
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.width >= 3 * 32 and grid.height >= 2 * 32
+    cells = [{"setting": s, "length": n, "depth": d, "accuracy": a, "correct": int(2 * a), "total": 2}
+             for s, n, a in (("1x", 100, 1.0), ("2x.ntk", 200, 0.5)) for d in (0.0, 1.0)]
+    report.heatmap(cells, tmp_path / "heat.png", cell=40)
+    heat = np.asarray(Image.open(tmp_path / "heat.png").convert("RGB"))
+    assert heat.shape[0] >= 2 * 40 and heat.shape[1] >= 2 * 40
+    green, red = report.accuracy_colour(1.0), report.accuracy_colour(0.0)
+    assert green[1] > green[0] and red[0] > red[1]
+    report.write_json({"x": float("nan"), "y": [np.float32(1.5)]}, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == {"x": None, "y": [1.5]}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The CLI on a tiny random model
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model_folder(tmp_path_factory):
+    return build_tiny_model_dir(tmp_path_factory.mktemp("eval-tiny"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_folder):
+    from lwm.api import LWM
+
+    return LWM.from_pretrained(tiny_model_folder)
+
+
+def test_random_model_runs_end_to_end_and_fails_its_bars(tiny_model_folder, tmp_path, capsys):
+    (tiny_model_folder / bars.BARS_FILE).write_text(json.dumps({"video_qa.accuracy": 0.5}))
+    try:
+        code = lwm_main(["eval", "--model", str(tiny_model_folder), "--out", str(tmp_path), "--quick", "--seeds", "1",
+                         "--video-frames", "2", "--trained-length", "160",
+                         "--bar", "text_to_video.accuracy>=0.5", "--bar", "tokenizer.psnr>=0"])
+    finally:
+        (tiny_model_folder / bars.BARS_FILE).unlink()
+    assert code == 1
+    out = capsys.readouterr()
+    assert "video_qa.accuracy" in out.out and "FAIL" in out.out and "bars not met" in out.err
+    result = json.loads((tmp_path / "report.json").read_text())
+    assert result["tasks_run"] == ["video_qa", "caption", "text_to_image", "text_to_video", "continuation",
+                                   "tokenizer", "needle"]
+    verdicts = {v["metric"]: v["passed"] for v in result["bars"]}
+    assert verdicts == {"text_to_video.accuracy": False, "tokenizer.psnr": True, "video_qa.accuracy": False}
+    assert result["metrics"]["video_qa.accuracy"] < 0.5
+    assert result["tasks"]["video_qa"]["seeds"] == [world.split_seeds("held_out")[0]]
+    assert result["tasks"]["video_qa"]["questions"] == len(world.questions(world.generate_clip(result["tasks"]["video_qa"]["seeds"][0])))
+    for picture in ("text_to_image.png", "text_to_video.png", "continuation.png", "needle_heatmap.png"):
+        assert Image.open(tmp_path / picture).width > 0
+    assert sorted(result["pictures"]) == sorted(["text_to_image.png", "text_to_video.png", "continuation.png",
+                                                 "needle_heatmap.png"])
+
+
+def test_cli_passes_bars_it_meets_and_names_bad_input(tiny_model_folder, tmp_path, capsys):
+    code = lwm_main(["eval", "--model", str(tiny_model_folder), "--out", str(tmp_path), "--quick", "--seeds", "1",
+                     "--tasks", "tokenizer", "--bar", "tokenizer.codebook_usage>=0", "--bar", "needle.accuracy@1x>=0.9"])
+    assert code == 0
+    verdicts = {v["metric"]: v["status"] for v in json.loads((tmp_path / "report.json").read_text())["bars"]}
+    assert verdicts == {"tokenizer.codebook_usage": "ok", "needle.accuracy@1x": "skipped (task not run)"}
+    assert lwm_main(["eval", "--model", str(tiny_model_folder), "--out", str(tmp_path), "--bar", "psnr=3"]) == 1
+    assert "METRIC>=VALUE" in capsys.readouterr().err
+    assert lwm_main(["eval", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 1
+    assert "not a model folder" in capsys.readouterr().err
