@@ -21,6 +21,8 @@ def psnr(reference: torch.Tensor, reconstruction: torch.Tensor) -> float:
 
 def ssim(reference: torch.Tensor, reconstruction: torch.Tensor, window: int = 11, sigma: float = 1.5) -> float:
     """Mean structural similarity (Wang et al. 2004; Gaussian window, per channel), pixels in [-1, 1]."""
+    if min(reference.shape[-2:]) < window:
+        raise ValueError(f"SSIM needs frames of at least {window}x{window} pixels, got {tuple(reference.shape[-2:])}")
     # float64: the variances are differences of nearly equal blurred moments
     x = (reference.double() + 1) / 2
     y = (reconstruction.double().clamp(-1, 1) + 1) / 2

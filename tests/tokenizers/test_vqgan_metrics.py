@@ -34,3 +34,8 @@ def test_codebook_usage_and_perplexity():
     assert usage == 0.75
     assert perplexity == pytest.approx(math.exp(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))))
     assert codebook_usage(torch.arange(8), 8) == pytest.approx((1.0, 8.0))
+
+
+def test_ssim_refuses_frames_smaller_than_its_window():
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
