@@ -32,7 +32,7 @@ from lwm import media
 from lwm.generation import vision
 from lwm.generation.logits_process import TextOnlyLogitsProcessor
 from lwm.generation.sampling import SamplingConfig, iter_tokens
-from lwm.tokenizers.processing_lwm import CAPTION_REQUESTS, LWMProcessor
+from lwm.tokenizers.processing_lwm import CAPTION_REQUESTS, CONTINUATION_REQUEST, LWMProcessor
 
 BUNDLED = "bundled"
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "bundled"
@@ -370,8 +370,11 @@ class LWM:
         """The next `num_frames` frames after a video (or an image): the world-model rollout.
 
         The model reads the given frames (at most `max_frames`, spread uniformly over the clip as in
-        training) after LWM's video prompt for `prompt`, or after `<vision>` alone when there is
-        none. Returns the new frames only, at the input's fps when it is a `Video`.
+        training). Without `prompt` it is asked as it is trained, in a chat turn
+        (`USER: Continue the video.<vision>frames</vision> ASSISTANT: <vision>`) and draws a new
+        vision block; with `prompt`, the frames open the vision block of LWM's video prompt for it
+        and the model goes on drawing in that block. Returns the new frames only, at the input's fps
+        when it is a `Video`.
         """
         if num_frames < 1:
             raise ValueError(f"num_frames must be at least 1, got {num_frames}")
@@ -379,10 +382,19 @@ class LWM:
         if fps is None:
             fps = source.fps if isinstance(source, Video) else DEFAULT_FPS
         codes = torch.from_numpy(self.processor.encode_media({"type": "video", "frames": frames}))
+        sampling = vision_sampling(temperature, top_k, 1.0)
         if prompt is None:
-            prompt_ids = self.processor.unconditional_prompt()["input_ids"]
-        else:
-            prompt_ids = self.processor.generation_prompt(prompt, "video")["input_ids"]
+            request = [{"role": "user", "content": [{"type": "text", "text": CONTINUATION_REQUEST},
+                                                    {"type": "video", "codes": codes}]}]
+            prompt_ids = self.processor.apply_chat_template(request, add_generation_prompt=True, generation_mode="vision")["input_ids"]
+            self._check_fits(len(prompt_ids), self._frame_tokens(num_frames))
+            with self._progress(self._frame_tokens(num_frames), "continuing", progress):
+                new_codes = vision.generate_video(
+                    self.model, prompt_ids.to(self.device), None, num_frames=num_frames, frame_shape=self._frame_shape,
+                    first_frame_sampling=sampling, sampling=sampling, generator=self._generator(seed),
+                )
+            return Video(self._decode_codes(new_codes), fps)
+        prompt_ids = self.processor.generation_prompt(prompt, "video")["input_ids"]
         self._check_fits(len(prompt_ids) + self._frame_tokens(len(codes)), self._frame_tokens(num_frames))
         with self._progress(self._frame_tokens(num_frames), "continuing", progress):
             new_codes = vision.continue_video(
@@ -390,7 +402,7 @@ class LWM:
                 prompt_ids.to(self.device),
                 codes.to(self.device),
                 num_frames=num_frames,
-                sampling=vision_sampling(temperature, top_k, 1.0),
+                sampling=sampling,
                 generator=self._generator(seed),
             )
         return Video(self._decode_codes(new_codes), fps)

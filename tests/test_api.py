@@ -176,6 +176,23 @@ def test_generate_video_saves_and_continues(lwm, tmp_path):
     assert lwm.continue_video(video, num_frames=1, prompt="a ball", seed=0).fps == 6
 
 
+def test_continuation_is_asked_in_the_chat_turn_it_is_trained_on(lwm):
+    from lwm.generation import vision
+    from lwm.generation.sampling import GREEDY
+    from lwm.tokenizers.processing_lwm import CONTINUATION_REQUEST
+
+    video = lwm.generate_video("a ball", num_frames=2, seed=0)
+    codes = torch.from_numpy(lwm.processor.encode_media({"type": "video", "frames": video.frames}))
+    request = [{"role": "user", "content": [{"type": "text", "text": CONTINUATION_REQUEST}, {"type": "video", "codes": codes}]}]
+    prompt = lwm.processor.apply_chat_template(request, add_generation_prompt=True, generation_mode="vision")["input_ids"]
+    expected = vision.generate_video(
+        lwm.model, prompt, None, num_frames=2, frame_shape=tuple(codes.shape[-2:]),
+        first_frame_sampling=GREEDY, sampling=GREEDY,
+    )
+    following = lwm.continue_video(video, num_frames=2, temperature=0)
+    np.testing.assert_array_equal(following.frames, lwm._decode_codes(expected))
+
+
 def test_processor_and_model_must_match(lwm):
     from lwm.model import LWMConfig, LWMForCausalLM
 

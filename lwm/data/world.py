@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lwm.media import save_image, save_video
+from lwm.tokenizers.processing_lwm import CONTINUATION_REQUEST
 
 # ---------------------------------------------------------------------------------------------------
 # The vocabulary of the world
@@ -655,7 +656,7 @@ def world_records(clip: Clip, files: dict[str, str], tasks: tuple[str, ...] = TA
                         "direction": "generation"})
     if "video_continuation" in tasks:
         records.append({"messages": [
-            {"role": "user", "content": [{"type": "text", "text": "Continue the video."},
+            {"role": "user", "content": [{"type": "text", "text": CONTINUATION_REQUEST},
                                          {"type": "video", "path": files["context"]}]},
             {"role": "assistant", "content": [{"type": "video", "path": files["future"]}]},
         ], "task": "video_continuation"})

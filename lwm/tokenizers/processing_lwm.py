@@ -50,6 +50,7 @@ from lwm import media
 SYSTEM_PROMPT = "You are a helpful assistant."
 GENERATION_REQUESTS = {"image": "Generate an image of {}", "video": "Generate a video of {}"}
 CAPTION_REQUESTS = {"image": "Describe the image.", "video": "Describe the video."}
+CONTINUATION_REQUEST = "Continue the video."
 VISION_START, VISION_END = "<vision>", "</vision>"
 IGNORE_INDEX = -100
 PROCESSOR_CONFIG_NAME = "processor_config.json"
