@@ -3,10 +3,11 @@
     .venv/bin/python benchmarks/train_step.py
     .venv/bin/python benchmarks/train_step.py --hidden 512 --layers 8 --seq 1024 --batch 2
 
-Both models get the same trunk size and the same token batch, run forward + backward + AdamW step
-in this process, alternating, and report median tokens/s. MFU is achieved model FLOPs (6 · params
-per token plus causal attention) over this machine's measured fp32 GEMM peak (median of square
-matmuls). LWM has two extra tables and heads (vision); they are counted in its FLOPs.
+Both models get the same trunk and the same token batch; the Llama head is as wide as LWM's text and
+vision heads together (32000 + 8448), so both do the same work. They run forward + backward + AdamW
+step in this process, one step each per round, and report median tokens/s. MFU is achieved model
+FLOPs (6 · non-embedding params per token plus causal attention) over this machine's measured fp32
+GEMM peak (median of square matmuls) at the same thread count.
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable on shared machines)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     shape = dict(
         vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=int(args.hidden * 2.6875) // 64 * 64,
@@ -77,7 +80,9 @@ def main() -> None:
     )
     torch.manual_seed(0)
     models = {
-        "transformers LlamaForCausalLM (sdpa)": LlamaForCausalLM(LlamaConfig(**shape, attn_implementation="sdpa")),
+        "transformers LlamaForCausalLM (sdpa)": LlamaForCausalLM(
+            LlamaConfig(**{**shape, "vocab_size": args.vocab + 8448}, attn_implementation="sdpa")
+        ),
         "LWMForCausalLM (sdpa)": LWMForCausalLM(
             LWMConfig(**shape, vision_vocab_size=8448, num_vision_codes=8192, attn_implementation="sdpa")
         ),

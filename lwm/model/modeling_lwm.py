@@ -280,14 +280,17 @@ def lwm_loss(logits, targets, weights, text_vocab: int, denominators=None):
     valid = targets != IGNORE_INDEX
     weights = valid.float() if weights is None else weights.float() * valid
     is_vision = targets >= text_vocab
+    # Each position's CE against its target's own half: log-sum-exp of that half minus the target logit.
+    target_logits = logits.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
+    half_lse = torch.where(
+        is_vision, torch.logsumexp(logits[..., text_vocab:], dim=-1), torch.logsumexp(logits[..., :text_vocab], dim=-1)
+    )
+    ce = half_lse - target_logits
     losses = []
-    for index, (selected, half) in enumerate(
-        ((valid & ~is_vision, slice(0, text_vocab)), (valid & is_vision, slice(text_vocab, None)))
-    ):
-        offset = 0 if index == 0 else text_vocab
-        ce = F.cross_entropy(logits[selected][:, half], targets[selected] - offset, reduction="none")
-        numerator = (ce * weights[selected]).sum()
-        denominator = weights[selected].sum() if denominators is None else denominators[index]
+    for index, selected in enumerate((valid & ~is_vision, valid & is_vision)):
+        selected_weights = weights * selected
+        numerator = (ce * selected_weights).sum()
+        denominator = selected_weights.sum() if denominators is None else denominators[index]
         losses.append(numerator / denominator if float(denominator) > 0 else numerator * 0.0)
     text_loss, vision_loss = losses
     return 0.5 * (text_loss + vision_loss), text_loss, vision_loss
