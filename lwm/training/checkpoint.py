@@ -92,8 +92,11 @@ def load_checkpoint(engine, directory: str | Path, tag: str) -> dict:
     return state
 
 
-def export_pretrained(engine, directory: str | Path) -> None:
-    """`save_pretrained` (safetensors) of the engine's model, gathering ZeRO-3 partitions (collective)."""
+def export_pretrained(engine, directory: str | Path, processor=None) -> None:
+    """`save_pretrained` (safetensors) of the engine's model, gathering ZeRO-3 partitions (collective).
+
+    With an `LWMProcessor`, its files go into the same folder, which then loads with `LWM.from_pretrained`.
+    """
     model, is_main = engine.module, dist.get_rank() == 0
     state = None
     if engine.zero_optimization_partition_weights():
@@ -109,6 +112,8 @@ def export_pretrained(engine, directory: str | Path) -> None:
         temporary = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(temporary, ignore_errors=True)
         model.save_pretrained(temporary, state_dict=state, safe_serialization=True)
+        if processor is not None:
+            processor.save_pretrained(temporary)
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(temporary, directory)
     dist.barrier()

@@ -36,6 +36,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="write a save_pretrained export of the last complete checkpoint to OUTPUT_DIR/pretrained/TAG and exit",
     )
     parser.add_argument(
+        "--export-dir", default=None, metavar="DIR",
+        help="with --export-only: write the export to DIR (replacing it) instead of OUTPUT_DIR/pretrained/TAG",
+    )
+    parser.add_argument(
         "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS,  # passed by the deepspeed launcher
     )
 
@@ -46,11 +50,14 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"lwm train: {error}", file=sys.stderr)
         return 2
+    if args.export_dir and not args.export_only:
+        print("lwm train: --export-dir goes with --export-only", file=sys.stderr)
+        return 2
     from lwm.training.trainer import Trainer, TrainingDiverged
 
     try:
         trainer = Trainer(config, resume=args.resume)
-        exported = trainer.export_latest() if args.export_only else trainer.run()
+        exported = trainer.export_latest(args.export_dir) if args.export_only else trainer.run()
     except (ConfigError, FileNotFoundError) as error:
         print(f"lwm train: {error}", file=sys.stderr)
         return 2

@@ -49,6 +49,15 @@ class DataConfig:
 
 
 @dataclass
+class ProcessorConfig:
+    # The text tokenizer and VQGAN folders the data was tokenized with. When both are set, every export
+    # also holds the processor, so it is a whole LWM folder (`LWM.from_pretrained`, `lwm chat`).
+    tokenizer: str | None = None
+    vqgan: str | None = None
+    max_frames: int | None = None  # frames the exported processor samples from an input video
+
+
+@dataclass
 class StageConfig:
     seq_len: int
     rope_theta: float
@@ -114,6 +123,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    processor: ProcessorConfig = field(default_factory=ProcessorConfig)
     precision: Literal["fp32", "bf16"] = "fp32"
     seed: int = 0
 
@@ -269,6 +279,8 @@ def validate(config: TrainConfig) -> None:
         (config.checkpoint.keep_last >= 1, "checkpoint.keep_last must be at least 1"),
         (config.checkpoint.export_every_steps >= 0, "checkpoint.export_every_steps must be >= 0"),
         (bool(config.model.trainable), "model.trainable must list at least one name pattern"),
+        ((config.processor.tokenizer is None) == (config.processor.vqgan is None),
+         "processor.tokenizer and processor.vqgan go together: set both (exports hold the processor) or neither"),
     ]
     for ok, message in checks:
         if not ok:

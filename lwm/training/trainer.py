@@ -139,6 +139,22 @@ def build_model(config: TrainConfig, stage: StageConfig, mesh: Mesh, start_from:
     return model.train()  # from_pretrained leaves eval mode, which would also turn checkpointing off
 
 
+def load_processor(config: TrainConfig):
+    """The configured text tokenizer + VQGAN as an `LWMProcessor` for the exports, or None when not set."""
+    if config.processor.tokenizer is None:
+        return None
+    from lwm.tokenizers.modeling_vqgan import VQGAN
+    from lwm.tokenizers.processing_lwm import LWMProcessor
+    from lwm.tokenizers.text import load_text_tokenizer
+
+    try:
+        tokenizer = load_text_tokenizer(config.processor.tokenizer)
+        vqgan = VQGAN.from_pretrained(config.processor.vqgan)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"processor: {error}") from None
+    return LWMProcessor(tokenizer, vqgan, max_frames=config.processor.max_frames)
+
+
 def _set_rope_theta(model: LWMForCausalLM, theta: float) -> None:
     """A loaded model keeps its saved θ unless told otherwise: set it and rebuild the rotary tables."""
     rope = dict(model.config.rope_parameters or {"rope_type": "default"})
@@ -223,6 +239,7 @@ class Trainer:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         dist.barrier()
         self.metrics = MetricsLogger(config.logging.backend, self.output_dir, enabled=self.is_main)
+        self.processor = load_processor(config)  # on every rank, so that a bad path stops them all
 
     def stage_export_dir(self, index: int) -> Path:
         return self.output_dir / "pretrained" / f"stage{index}"
@@ -240,15 +257,15 @@ class Trainer:
             self.metrics.close()
         return self.stage_export_dir(len(self.config.stages) - 1)
 
-    def export_latest(self) -> Path:
-        """`save_pretrained` of the last complete checkpoint, to OUTPUT_DIR/pretrained/<its tag>."""
+    def export_latest(self, directory: str | Path | None = None) -> Path:
+        """`save_pretrained` of the last complete checkpoint, to `directory` (default OUTPUT_DIR/pretrained/<its tag>)."""
         latest = self._latest_checkpoint()
         if latest is None:
             raise FileNotFoundError(f"no checkpoint to export in {self.checkpoint_dir}")
         engine = self._stage_engine(latest["stage"])
         checkpoint.load_checkpoint(engine, self.checkpoint_dir, latest["tag"])
-        target = self.output_dir / "pretrained" / latest["tag"]
-        checkpoint.export_pretrained(engine, target)
+        target = Path(directory) if directory else self.output_dir / "pretrained" / latest["tag"]
+        checkpoint.export_pretrained(engine, target, self.processor)
         engine.destroy()
         return target
 
@@ -270,7 +287,7 @@ class Trainer:
             step = state["step"]
             self._print(f"resumed stage {index} at step {step} from {self.checkpoint_dir / resumed['tag']}")
         StageRun(self, index, engine, batches, step).run()
-        checkpoint.export_pretrained(engine, self.stage_export_dir(index))
+        checkpoint.export_pretrained(engine, self.stage_export_dir(index), self.processor)
         self._print(f"stage {index} done: weights exported to {self.stage_export_dir(index)}")
         engine.destroy()
 
@@ -342,7 +359,9 @@ class StageRun:
                 self.save()
             export_every = config.checkpoint.export_every_steps
             if export_every and self.step % export_every == 0 and self.step < stage.steps:
-                checkpoint.export_pretrained(self.engine, self.trainer.output_dir / "pretrained" / self._tag())
+                checkpoint.export_pretrained(
+                    self.engine, self.trainer.output_dir / "pretrained" / self._tag(), self.trainer.processor
+                )
         bar.close()
 
     def optimizer_step(self) -> dict[str, float]:

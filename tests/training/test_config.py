@@ -67,3 +67,11 @@ def test_deepspeed_settings_come_from_the_config_and_extra_json_may_not_override
     extra.write_text(json.dumps({"gradient_accumulation_steps": 8}))
     with pytest.raises(ConfigError, match="gradient_accumulation_steps"):
         deepspeed_config(load_config(path, [f"parallel.deepspeed_config={extra}"]))
+
+
+def test_the_bundled_recipe_exports_a_whole_model_folder():
+    config = load_config("configs/train/bundled.yaml")
+    assert (config.processor.tokenizer, config.processor.vqgan) == ("runs/bundled/text-tokenizer", "runs/bundled/vqgan")
+    assert config.model.name_or_path == "bundled" and set(config.data.mixture) == {
+        "video_qa", "video_caption", "image_text", "text_to_video", "video_continuation", "text"
+    }

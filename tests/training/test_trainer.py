@@ -6,8 +6,15 @@ import torch
 from lwm.data.loader import PackedLoader, TokenizedDataset
 from lwm.model import LWMConfig, LWMForCausalLM
 from lwm.training.checkpoint import latest_tag
+from lwm.tokenizers.configuration_vqgan import VQGANConfig
+from lwm.tokenizers.modeling_vqgan import VQGAN
+from lwm.tokenizers.processing_lwm import LWMProcessor
+from lwm.tokenizers.text import train_text_tokenizer
+from tests.helpers.distributed import run_distributed
 from tests.training.random_tokens import write_random_tokens
-from tests.training.runs import export_in_process, final_weights, losses, metrics, tiny_config, train_in_processes
+from tests.training.runs import (
+    export_in_process, final_weights, losses, metrics, tiny_config, to_config, train_in_processes,
+)
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +87,27 @@ def test_a_diverging_loss_stops_and_the_last_good_checkpoint_can_be_exported(dat
     export_in_process(raw)  # on demand: the last good weights, for inference
     model = LWMForCausalLM.from_pretrained(tmp_path / "pretrained" / "stage0-step000001")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _export_to(rank, world_size, raw, directory):
+    from lwm.training.trainer import Trainer
+
+    Trainer(to_config(raw)).export_latest(directory)
+
+
+def test_exports_hold_the_configured_processor_and_export_dir_places_them(data_dir, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a red circle moves left and bounces off the wall\n" * 50)
+    train_text_tokenizer([str(corpus)], vocab_size=300, out_dir=str(tmp_path / "tokenizer"))
+    VQGAN(VQGANConfig.from_preset("tiny")).save_pretrained(tmp_path / "vqgan")
+    processor = {"tokenizer": str(tmp_path / "tokenizer"), "vqgan": str(tmp_path / "vqgan"), "max_frames": 4}
+    raw = tiny_config(tmp_path / "run", data_dir, stages=[{"seq_len": 32, "rope_theta": 10000.0, "steps": 2}],
+                      processor=processor)
+    train_in_processes(raw, 1)
+    run_distributed(_export_to, 1, raw, str(tmp_path / "exported"), timeout_s=300)
+    for folder in (tmp_path / "run" / "pretrained" / "stage0", tmp_path / "exported"):
+        loaded = LWMProcessor.from_pretrained(folder)
+        assert (loaded.text_vocab_size, loaded.codebook_size, loaded.config.max_frames) == (300, 64, 4)
+        assert LWMForCausalLM.from_pretrained(folder).config.vocab_size == LWMConfig.from_preset("tiny").vocab_size
+    with pytest.raises(Exception, match="processor.tokenizer and processor.vqgan go together"):
+        to_config(tiny_config(tmp_path, data_dir, processor={"tokenizer": str(tmp_path / "tokenizer")}))
