@@ -1,0 +1,20 @@
+"""The shipped model still reaches its bars (bundled/eval_bars.json) on `lwm eval --quick`.
+
+The bars are regression guards set below what the bundled model measures (video QA 0.36, PSNR 19.2
+dB on the quick seeds) and far above what a random model reaches (0.0, ~7 dB: see test_eval.py).
+"""
+
+import json
+
+import pytest
+
+from lwm.api import BUNDLED_DIR
+from lwm.cli import main
+
+
+@pytest.mark.skipif(not (BUNDLED_DIR / "config.json").is_file(), reason="no bundled model in this checkout")
+def test_bundled_model_passes_its_quick_eval_bars(tmp_path):
+    assert main(["eval", "--model", "bundled", "--out", str(tmp_path), "--quick"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["metrics"]["video_qa.accuracy"] >= 0.25
+    assert report["metrics"]["tokenizer.psnr"] >= 17
