@@ -16,6 +16,7 @@ merges the ranks' partial attention by their log-sum-exp.
 
 from __future__ import annotations
 
+import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -43,6 +44,13 @@ class SequenceParallel:
 # Process-wide rather than a context variable: autograd may run a checkpointed layer's forward
 # again on one of its own threads during the backward pass.
 _active: list[SequenceParallel] = []
+
+
+def free_local_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for the rendezvous of processes started on this machine."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @contextmanager

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
@@ -38,6 +37,7 @@ from tqdm import tqdm
 from lwm.data import needle, world
 from lwm.generation.logits_process import TextOnlyLogitsProcessor
 from lwm.generation.sampling import GREEDY, iter_tokens
+from lwm.parallel import free_local_port
 
 ROPE_SCALINGS: tuple[str, ...] = ("none", "ntk", "linear")
 RING_RANKS = 2
@@ -236,7 +236,7 @@ def run_ring(model_dir: str | os.PathLike, jobs: list[dict], max_new_tokens: int
         result = Path(folder) / "replies.json"
         mp.start_processes(
             _ring_rank,
-            args=(RING_RANKS, _free_port(), str(model_dir), jobs, max_new_tokens, str(result), timeout_s),
+            args=(RING_RANKS, free_local_port(), str(model_dir), jobs, max_new_tokens, str(result), timeout_s),
             nprocs=RING_RANKS,
             start_method="spawn",  # fork is unsafe with threads on macOS; spawn works everywhere
         )
@@ -275,8 +275,3 @@ def _ring_rank(rank, world_size, port, model_dir, jobs, max_new_tokens, result_p
     finally:
         dist.destroy_process_group()
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

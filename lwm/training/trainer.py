@@ -18,7 +18,6 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
-import socket
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from tqdm import tqdm
 from lwm.data.loader import PackedLoader, TokenizedDataset, sequence_parallel_shard
 from lwm.model import LWMConfig, LWMForCausalLM
 from lwm.model.modeling_lwm import IGNORE_INDEX
-from lwm.parallel import sequence_parallel
+from lwm.parallel import free_local_port, sequence_parallel
 from lwm.training import checkpoint
 from lwm.training.config import ConfigError, DataConfig, ScheduleConfig, StageConfig, TrainConfig
 from lwm.training.metrics import MetricsLogger
@@ -100,7 +99,7 @@ def init_distributed() -> None:
         os.environ.setdefault("WORLD_SIZE", str(dist.get_world_size()))
     elif "RANK" not in os.environ:  # a plain `lwm train`: be rank 0 of 1
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_local_port()))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend)
 
@@ -425,9 +424,4 @@ class StageRun:
             "Lower optimizer.lr or raise schedule.warmup_steps and resume with --resume auto."
         )
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 

@@ -11,17 +11,18 @@ the other workers are stopped.
 from __future__ import annotations
 
 import os
-import socket
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from lwm.parallel import free_local_port
+
 
 def run_distributed(worker, world_size: int, *args, threads_per_rank: int = 1, timeout_s: float = 120) -> None:
     mp.start_processes(
-        _run_rank, args=(worker, world_size, _free_port(), args, threads_per_rank, timeout_s), nprocs=world_size,
+        _run_rank, args=(worker, world_size, free_local_port(), args, threads_per_rank, timeout_s), nprocs=world_size,
         start_method="fork",
     )
 
@@ -38,8 +39,3 @@ def _run_rank(rank, worker, world_size, port, args, threads_per_rank, timeout_s)
     finally:
         dist.destroy_process_group()
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

@@ -1,9 +1,9 @@
 """Two "nodes" of two processes on loopback (torchrun --nnodes 2 --node_rank i) train with dp = 2 × sp = 2."""
 
-import socket
 
 import pytest
 
+from lwm.parallel import free_local_port
 from tests.training.random_tokens import write_random_tokens
 from tests.training.runs import (
     assert_same_weights, final_weights, launch, metrics, tiny_config, torchrun_command, train_in_processes, wait,
@@ -15,9 +15,7 @@ def test_two_nodes_of_two_processes_match_one_process(tmp_path):
     data = write_random_tokens(tmp_path / "tokens")
     raw = tiny_config(tmp_path / "mesh", data, parallel={"sp_size": 2, "zero_stage": 2})
     config = write_config(raw, tmp_path / "mesh.yaml")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_local_port()
     nodes = [
         launch(torchrun_command(config, 2, nnodes=2, node_rank=rank, port=port), tmp_path / f"node{rank}.log")
         for rank in (0, 1)

@@ -1,20 +1,15 @@
 """SIGKILL a 2-process run mid-training, resume with `--resume auto`: it ends where an uninterrupted run does."""
 
-import socket
 
 import pytest
 
+from lwm.parallel import free_local_port
 from lwm.training.checkpoint import latest_tag
 from tests.training.random_tokens import write_random_tokens
 from tests.training.runs import (
     assert_same_weights, final_weights, kill_when, launch, metrics, tiny_config, torchrun_command, wait, write_config,
 )
 
-
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
@@ -27,16 +22,16 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     whole = write_config(tiny_config(tmp_path / "whole", data, **common), tmp_path / "whole.yaml")
     broken = write_config(tiny_config(tmp_path / "broken", data, **common), tmp_path / "broken.yaml")
 
-    run = launch(torchrun_command(whole, 2, port=_free_port()), tmp_path / "whole.log")
+    run = launch(torchrun_command(whole, 2, port=free_local_port()), tmp_path / "whole.log")
     wait(run, tmp_path / "whole.log")
 
     checkpoints = tmp_path / "broken" / "checkpoints"
-    run = launch(torchrun_command(broken, 2, port=_free_port()), tmp_path / "broken.log")
+    run = launch(torchrun_command(broken, 2, port=free_local_port()), tmp_path / "broken.log")
     kill_when(run, lambda: (checkpoints / "latest").is_file() and latest_tag(checkpoints) >= "stage0-step000004")
     killed_at = latest_tag(checkpoints)
     assert killed_at < "stage0-step000008", "the run finished before it was killed"
 
-    run = launch(torchrun_command(broken, 2, "--resume", "auto", port=_free_port()), tmp_path / "resumed.log")
+    run = launch(torchrun_command(broken, 2, "--resume", "auto", port=free_local_port()), tmp_path / "resumed.log")
     wait(run, tmp_path / "resumed.log")
     assert f"resumed stage 0 at step {int(killed_at[-6:])}" in (tmp_path / "resumed.log").read_text()
 
