@@ -43,7 +43,10 @@ def latest_tag(directory: str | Path) -> str | None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # Only tensors and plain Python values, so the file loads with torch.load(weights_only=True).
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -51,7 +54,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -87,7 +91,7 @@ def load_checkpoint(engine, directory: str | Path, tag: str) -> dict:
     load_path, _ = engine.load_checkpoint(str(directory), tag=tag)
     if load_path is None:
         raise FileNotFoundError(f"DeepSpeed could not load checkpoint {directory / tag}")
-    state = torch.load(state_path, weights_only=False)
+    state = torch.load(state_path, weights_only=True)
     set_rng_state(state.pop("rng"))
     return state
 
