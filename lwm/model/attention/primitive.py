@@ -15,6 +15,11 @@ Blockwise attention iterates these over chunks on one device; ring attention ite
 ranks of a process group. Which key positions a query may see is described by a `BlockSpan`:
 global start offsets (for causality) and optional segment ids (for packed documents).
 
+Each block runs on a fused PyTorch kernel that also returns the LSE: the flash kernel on CPU; on
+CUDA, FlashAttention-2 for fp16/bf16 blocks without a mask tensor and the memory-efficient kernel
+otherwise (fp32, or a mask). An exact fp32 einsum kernel covers what they cannot (float64, odd head
+dims, other devices).
+
 Tensors are [batch, heads, seq, head_dim]; grouped-query attention (fewer key/value heads) is
 allowed. LSE and merges are float32 whatever the input dtype.
 """
@@ -25,8 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-_cpu_flash_forward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-_cpu_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+_aten = torch.ops.aten
+_EFFICIENT_LSE_ALIGN = 32  # the memory-efficient kernel pads its LSE along the query dim to this
+_BIAS_ALIGN = 16  # ... and wants its bias rows to start at aligned addresses
 
 
 @dataclass(frozen=True)
@@ -104,24 +110,67 @@ def _reduce_kv_grad(grad: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
     return grad.view(b, num_kv_heads, h // num_kv_heads, n, d).sum(dim=2)
 
 
-def _kernel_mask(mask: BlockMask, batch: int, heads: int) -> torch.Tensor | None:
+def _pick_kernel(q, k, mask: BlockMask) -> str:
+    """The kernel for one block pair: "cpu", "flash", "efficient" or "reference"."""
+    if q.device.type == "cpu":
+        return "cpu"
+    # ROCm builds lay the efficient kernel's LSE out differently; only CUDA builds are wired here.
+    if q.device.type != "cuda" or torch.version.hip:
+        return "reference"
+    head_dim, half = q.shape[-1], q.dtype in (torch.float16, torch.bfloat16)
+    # FlashAttention-2 aligns a causal mask bottom-right and ours is top-left: they agree on squares only.
+    square = mask.kind == "full" or q.shape[2] == k.shape[2]
+    if (
+        half and mask.kind != "masked" and square and head_dim % 8 == 0 and head_dim <= 256
+        and torch.cuda.get_device_capability(q.device)[0] >= 8
+    ):
+        return "flash"
+    if (half or q.dtype == torch.float32) and head_dim % (8 if half else 4) == 0:
+        return "efficient"
+    return "reference"
+
+
+def _cpu_mask(mask: BlockMask, batch: int, heads: int) -> torch.Tensor | None:
     if mask.additive is None:
         return None
     # The CPU kernel wants the mask broadcast to the full [batch, heads, q, k] shape.
     return mask.additive.expand(batch, heads, *mask.additive.shape[-2:])
 
 
+def _efficient_bias(mask: BlockMask, q: torch.Tensor) -> torch.Tensor | None:
+    if mask.additive is None:
+        return None
+    # Like torch's own SDPA: rows padded to an aligned length then sliced, broadcast to [b, h, q, k].
+    *lead, k_len = mask.additive.shape
+    padded = torch.empty(*lead, -(-k_len // _BIAS_ALIGN) * _BIAS_ALIGN, dtype=q.dtype, device=q.device)
+    bias = padded[..., :k_len].copy_(mask.additive)
+    return bias.expand(q.shape[0], q.shape[1], *bias.shape[-2:])
+
+
+def _no_rng(q: torch.Tensor) -> torch.Tensor:
+    # The kernels read the dropout RNG state only when dropout_p > 0; ours is always 0.
+    return torch.empty((), dtype=torch.int64, device=q.device)
+
+
 def attend_block(q, k, v, mask: BlockMask, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of `q` on one key/value block: (out [b,h,q,d] float32, lse [b,h,q] float32)."""
     heads = q.shape[1]
     k, v = _expand_kv(k, heads), _expand_kv(v, heads)
-    if q.device.type == "cpu":
-        out, lse = _cpu_flash_forward(
-            q, k, v, 0.0, mask.kind == "causal", attn_mask=_kernel_mask(mask, q.shape[0], heads), scale=scale
+    kernel, causal = _pick_kernel(q, k, mask), mask.kind == "causal"
+    if kernel == "cpu":
+        out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, causal, attn_mask=_cpu_mask(mask, q.shape[0], heads), scale=scale
         )
-        out, lse = out.float(), lse.float()
+    elif kernel == "flash":
+        out, lse = _aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)[:2]
+    elif kernel == "efficient":
+        out, lse = _aten._scaled_dot_product_efficient_attention(
+            q, k, v, _efficient_bias(mask, q), True, 0.0, causal, scale=scale
+        )[:2]
+        lse = lse[..., : q.shape[2]]
     else:
         out, lse = _reference_forward(q, k, v, mask, scale)
+    out, lse = out.float(), lse.float()
     if mask.query_rows_seen is not None:
         # Rows that see no key in this block must not count in a merge: give them an LSE of -inf.
         lse = lse.masked_fill(~mask.query_rows_seen, float("-inf"))
@@ -130,16 +179,37 @@ def attend_block(q, k, v, mask: BlockMask, scale: float) -> tuple[torch.Tensor, 
 
 
 def attend_block_backward(grad_out, q, k, v, out, lse, mask: BlockMask, scale: float):
-    """Gradients (dq, dk, dv) of one block pair, given the final `out` and `lse` of the query rows."""
+    """Gradients (dq, dk, dv) of one block pair, given the final `out` and `lse` of the query rows.
+
+    The fused backward kernels recompute the block's probabilities as exp(scores - lse); with the
+    final LSE those are the block's share of the full softmax, so each returns the block's share of
+    the gradient.
+    """
     heads, kv_heads = q.shape[1], k.shape[1]
     k_full, v_full = _expand_kv(k, heads), _expand_kv(v, heads)
     # Rows that saw nothing anywhere have lse = -inf and no gradient; any finite value keeps the
     # kernel's exp(s - lse) at zero for them because their scores are all masked.
     lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-    if q.device.type == "cpu":
-        dq, dk, dv = _cpu_flash_backward(
-            grad_out.to(q.dtype), q, k_full, v_full, out.to(q.dtype), lse, 0.0, mask.kind == "causal",
-            attn_mask=_kernel_mask(mask, q.shape[0], heads), scale=scale,
+    kernel, causal = _pick_kernel(q, k_full, mask), mask.kind == "causal"
+    if kernel == "cpu":
+        dq, dk, dv = _aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad_out.to(q.dtype), q, k_full, v_full, out.to(q.dtype), lse, 0.0, causal,
+            attn_mask=_cpu_mask(mask, q.shape[0], heads), scale=scale,
+        )
+    elif kernel == "flash":
+        # No cumulative sequence lengths (None): the dense, not the variable-length, kernel.
+        dq, dk, dv = _aten._scaled_dot_product_flash_attention_backward(
+            grad_out.to(q.dtype), q, k_full, v_full, out.to(q.dtype), lse.contiguous(), None, None,
+            q.shape[2], k_full.shape[2], 0.0, causal, _no_rng(q), _no_rng(q), scale=scale,
+        )
+    elif kernel == "efficient":
+        # This kernel reads `out` in the [batch, seq, heads, dim] memory layout its forward produces,
+        # and the LSE padded as its forward returns it.
+        out = out.to(q.dtype).transpose(1, 2).contiguous().transpose(1, 2)
+        lse = torch.nn.functional.pad(lse, (0, -lse.shape[-1] % _EFFICIENT_LSE_ALIGN))
+        dq, dk, dv, _ = _aten._scaled_dot_product_efficient_attention_backward(
+            grad_out.to(q.dtype), q, k_full, v_full, _efficient_bias(mask, q), out, lse,
+            _no_rng(q), _no_rng(q), 0.0, [True, True, True, False], causal, scale=scale,
         )
     else:
         dq, dk, dv = _reference_backward(grad_out, q, k_full, v_full, out, lse, mask, scale)
@@ -168,7 +238,8 @@ def _scores(q, k, mask: BlockMask, scale: float) -> torch.Tensor:
 
 
 def _reference_forward(q, k, v, mask: BlockMask, scale: float):
-    # Used off-CPU: exact and fp32, with memory bounded by the block size the schedule chose.
+    # Only the fallback for what the fused kernels cannot do (float64 on CUDA, head dims they do
+    # not support, devices other than CPU and CUDA): exact and fp32, memory bounded by the block size.
     scores = _scores(q, k, mask, scale)
     lse = torch.logsumexp(scores, dim=-1)
     probs = torch.exp(scores - torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))[..., None])
