@@ -56,7 +56,8 @@ def _configure_train(commands) -> None:
         help="train a VQGAN on images and videos",
         description=(
             "Train a VQGAN on image/video folders or JSONL manifests (lines with an \"image\" or \"video\" "
-            "key). L1/L2 reconstruction + quantizer losses, optional PatchGAN hinge loss after a warm-up. "
+            "key). L1/L2 reconstruction + quantizer losses, optional LPIPS-style perceptual loss (with weights "
+            "you supply: see --perceptual-weights), optional PatchGAN hinge loss after a warm-up. "
             "Multi-GPU: `accelerate launch -m lwm.cli tokenizer train ...`."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -76,6 +77,17 @@ def _configure_train(commands) -> None:
                         help="the cosine schedule ends at this fraction of --lr")
     parser.add_argument("--l1-weight", type=float, default=defaults.l1_weight)
     parser.add_argument("--l2-weight", type=float, default=defaults.l2_weight)
+    parser.add_argument("--perceptual-weight", type=float, default=defaults.perceptual_weight,
+                        help="weight of the perceptual (LPIPS, VGG16) loss; 0: off; > 0 needs --perceptual-weights")
+    parser.add_argument(
+        "--perceptual-weights", default=defaults.perceptual_weights, metavar="PATH",
+        help="a .safetensors or .pth state dict holding torchvision's ImageNet VGG16 `features.N.weight/bias` "
+        "(vgg16-397923af.pth) and LPIPS v0.1's `lin0.model.1.weight` ... `lin4.model.1.weight` (vgg.pth of "
+        "github.com/richzhang/PerceptualSimilarity); nothing is downloaded. Merge the two files with: "
+        "python -c \"import torch; vgg = torch.load('vgg16-397923af.pth'); lin = torch.load('vgg.pth'); "
+        "torch.save({k: v for k, v in vgg.items() if k.startswith('features.')} | "
+        "{k: v for k, v in lin.items() if k.startswith('lin')}, 'lpips_vgg16.pth')\"",
+    )
     parser.add_argument("--gan-weight", type=float, default=defaults.gan_weight, help="0 disables the GAN loss")
     parser.add_argument("--gan-start", type=int, default=defaults.gan_start_step, help="step the GAN loss starts")
     parser.add_argument("--log-every", type=int, default=defaults.log_every)
@@ -96,7 +108,8 @@ def _run_train(args: argparse.Namespace) -> int:
         eval_data=args.eval_data, holdout=args.holdout, frames_per_clip=args.frames_per_clip,
         max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=args.warmup_steps,
         final_lr_fraction=args.final_lr_fraction,
-        l1_weight=args.l1_weight, l2_weight=args.l2_weight, gan_weight=args.gan_weight,
+        l1_weight=args.l1_weight, l2_weight=args.l2_weight, perceptual_weight=args.perceptual_weight,
+        perceptual_weights=args.perceptual_weights, gan_weight=args.gan_weight,
         gan_start_step=args.gan_start, log_every=args.log_every, eval_every=args.eval_every,
         save_every=args.save_every, eval_frames=args.eval_frames, num_workers=args.num_workers, seed=args.seed,
     )

@@ -1,14 +1,16 @@
 """Training the VQGAN on folders of images/videos or JSONL manifests.
 
 Loss = L1/L2 reconstruction + the quantizer's own terms (commitment; the "vq" codebook itself is
-learned by EMA with k-means init and dead-code replacement) + optionally, after `gan_start_step`, a
-PatchGAN hinge loss. Runs on one or many devices through accelerate (`accelerate launch -m lwm.cli
-tokenizer train ...`, or `torchrun` on CPUs), shows a progress bar, logs PSNR / codebook usage / perplexity to the bar and to
-`OUT/log.jsonl`, checkpoints to `OUT/checkpoints/step-N`, resumes from the latest one, and writes the
-final model (`config.json` + `model.safetensors`) to `OUT`.
+learned by EMA with k-means init and dead-code replacement) + optionally an LPIPS-style perceptual
+distance + optionally, after `gan_start_step`, a PatchGAN hinge loss. Runs on one or many devices
+through accelerate (`accelerate launch -m lwm.cli tokenizer train ...`, or `torchrun` on CPUs), shows
+a progress bar, logs PSNR / codebook usage / perplexity (and the perceptual distance) to the bar and
+to `OUT/log.jsonl`, checkpoints to `OUT/checkpoints/step-N`, resumes from the latest one, and writes
+the final model (`config.json` + `model.safetensors`) to `OUT`.
 
-There is no perceptual (LPIPS) loss: it needs a pretrained feature network, and we neither ship nor
-download one.
+The perceptual loss needs pretrained VGG16 + LPIPS weights, which we neither ship nor download: it is
+on only when the user supplies them (`perceptual_weights`, see `lwm.tokenizers.perceptual`). That
+network stays frozen and outside the checkpoints.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from lwm import media
 from lwm.eval.reconstruction import codebook_usage, evaluate_reconstruction, format_metrics, psnr
 from lwm.tokenizers.configuration_vqgan import VQGANConfig
 from lwm.tokenizers.modeling_vqgan import VQGAN
+from lwm.tokenizers.perceptual import PerceptualDistance, load_perceptual_distance
 
 
 @dataclass
@@ -51,6 +54,8 @@ class TrainConfig:
     final_lr_fraction: float = 0.1
     l1_weight: float = 1.0
     l2_weight: float = 0.0
+    perceptual_weight: float = 0.0  # 0 disables the perceptual loss; > 0 needs `perceptual_weights`
+    perceptual_weights: str | None = None  # VGG16 + LPIPS weights file (lwm.tokenizers.perceptual)
     gan_weight: float = 0.0  # 0 disables the discriminator
     gan_start_step: int = 1000
     log_every: int = 25
@@ -181,11 +186,28 @@ def _infinite(loader: DataLoader):
         yield from loader
 
 
+def load_perceptual(config: TrainConfig) -> PerceptualDistance | None:
+    """The frozen perceptual network when the loss is on, else None; bad options or weights fail here,
+    before any training."""
+    if config.perceptual_weight < 0:
+        raise ValueError(f"--perceptual-weight must be >= 0, got {config.perceptual_weight}")
+    if config.perceptual_weight > 0 and not config.perceptual_weights:
+        raise ValueError("--perceptual-weight > 0 needs --perceptual-weights PATH (VGG16 + LPIPS weights; "
+                         "nothing is downloaded, see `lwm tokenizer train --help`)")
+    if config.perceptual_weights and config.perceptual_weight == 0:
+        raise ValueError(f"--perceptual-weights {config.perceptual_weights} is given but --perceptual-weight is 0: "
+                         "set a weight > 0 to use it, or drop the file")
+    return load_perceptual_distance(config.perceptual_weights) if config.perceptual_weights else None
+
+
 def train(config: TrainConfig, resume: bool = False) -> dict:
     """Train (or resume) and return the final held-out metrics."""
     output_dir = Path(config.output_dir)
+    perceptual = load_perceptual(config)
     # without a GPU, say so: accelerate then runs `torchrun` processes as one gloo group (else independently)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if perceptual is not None:  # frozen: not prepared, so neither wrapped for DDP nor checkpointed
+        perceptual.to(accelerator.device)
     torch.manual_seed(config.seed)
     random.seed(config.seed + accelerator.process_index)
 
@@ -231,7 +253,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
 
     eval_frames = load_eval_frames(eval_items, model_config.resolution, config.eval_frames)
     batches = _infinite(loader)
-    window_codes, window_psnr = [], []
+    window_codes, window_psnr, window_perceptual = [], [], []
     progress = tqdm(total=config.max_steps, initial=step, desc="training VQGAN", disable=not accelerator.is_main_process)
     log_file = output_dir / "log.jsonl"
     metrics: dict = {}
@@ -242,6 +264,10 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         loss = config.l1_weight * F.l1_loss(reconstruction, pixels) + output.quantizer_loss
         if config.l2_weight:
             loss = loss + config.l2_weight * F.mse_loss(reconstruction, pixels)
+        if perceptual is not None:
+            perceptual_loss = perceptual(reconstruction, pixels).mean()
+            loss = loss + config.perceptual_weight * perceptual_loss
+            window_perceptual.append(perceptual_loss.item())
         gan_active = use_gan and step >= config.gan_start_step
         if gan_active:
             loss = loss - config.gan_weight * discriminator(reconstruction).mean()
@@ -263,9 +289,13 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
             usage, perplexity = codebook_usage(torch.cat(window_codes), model_config.codebook_size)
             metrics = {"step": step, "loss": loss.item(), "psnr": sum(window_psnr) / len(window_psnr),
                        "codebook_usage": usage, "perplexity": perplexity}
-            window_codes, window_psnr = [], []
-            progress.set_postfix(loss=f"{metrics['loss']:.4f}", psnr=f"{metrics['psnr']:.2f}",
-                                 usage=f"{usage:.2f}", ppl=f"{perplexity:.0f}")
+            shown = {"loss": f"{metrics['loss']:.4f}", "psnr": f"{metrics['psnr']:.2f}", "usage": f"{usage:.2f}",
+                     "ppl": f"{perplexity:.0f}"}
+            if window_perceptual:  # the unweighted distance, averaged like the PSNR over the steps since the last log
+                metrics["perceptual"] = sum(window_perceptual) / len(window_perceptual)
+                shown["perceptual"] = f"{metrics['perceptual']:.4f}"
+            window_codes, window_psnr, window_perceptual = [], [], []
+            progress.set_postfix(shown)
             _append_log(accelerator, log_file, metrics)
         if step % config.eval_every == 0 and step < config.max_steps:
             held_out = evaluate_reconstruction(accelerator.unwrap_model(model), eval_frames)
