@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: install chat test test-slow bundled clean
+.PHONY: install chat test test-slow bundled bundled-data clean
 
 install: $(STAMP)
 
@@ -30,16 +30,37 @@ test-slow: install
 
 # Reproduces bundled/ from scratch with the project's own commands (docs/bundled-model.md; ~40 min on 2 CPU cores).
 LWM := $(VENV)/bin/lwm
-bundled: install
-	$(LWM) data world runs/bundled/world --clips 1500
-	$(LWM) tokenizer train-text runs/bundled/world/manifest.jsonl --vocab-size 768 -o runs/bundled/text-tokenizer
-	$(LWM) tokenizer train runs/bundled/world/manifest.jsonl -o runs/bundled/vqgan --model bundled --steps 200 \
-		--warmup-steps 20 --batch-size 16 --lr 1e-3 --l2-weight 1.0 --log-every 10 --eval-every 1000 --save-every 50 --eval-frames 64
-	$(LWM) data tokenize runs/bundled/world/manifest.jsonl --out runs/bundled/tokens --tokenizer runs/bundled/text-tokenizer \
-		--vqgan runs/bundled/vqgan --max-frames 4 --workers 2
-	$(LWM) train configs/train/bundled.yaml
-	$(LWM) train configs/train/bundled.yaml --export-only --export-dir bundled
-	cp configs/eval/bundled-bars.json bundled/eval_bars.json
+# The bundled model's whole recipe (docs/bundled-model.md): each intermediate is a file target, so an
+# interrupted `make bundled` redoes only what is missing. WORKERS processes render and tokenize; DEVICE
+# runs the VQGAN while tokenizing (the trainers take the GPU by themselves when there is one);
+# TRAIN_ARGS are `lwm train` overrides (key=value); the model goes to BUNDLED.
+WORKERS    ?= 2
+DEVICE     ?= cpu
+TRAIN_ARGS ?=
+BUNDLED    ?= bundled
+RUN        := runs/bundled
+
+$(RUN)/world/manifest.jsonl: | install
+	$(LWM) data world $(RUN)/world --clips 8000 --needles 4000 --workers $(WORKERS)
+
+$(RUN)/text-tokenizer/tokenizer.model: $(RUN)/world/manifest.jsonl
+	$(LWM) tokenizer train-text $< --vocab-size 768 -o $(RUN)/text-tokenizer
+
+$(RUN)/vqgan/model.safetensors: $(RUN)/world/manifest.jsonl
+	$(LWM) tokenizer train $< -o $(RUN)/vqgan --model world --steps 3000 --warmup-steps 100 --batch-size 64 \
+		--frames-per-clip 2 --lr 5e-4 --l2-weight 1.0 --num-workers $(WORKERS) --log-every 50 --eval-every 1000 \
+		--save-every 1000 --eval-frames 512
+
+$(RUN)/tokens/index.json: $(RUN)/world/manifest.jsonl $(RUN)/text-tokenizer/tokenizer.model $(RUN)/vqgan/model.safetensors
+	$(LWM) data tokenize $< --out $(RUN)/tokens --tokenizer $(RUN)/text-tokenizer --vqgan $(RUN)/vqgan \
+		--max-frames 4 --max-length 2560 --workers $(WORKERS) --device $(DEVICE)
+
+bundled-data: $(RUN)/tokens/index.json
+
+bundled: bundled-data
+	$(LWM) train configs/train/bundled.yaml $(TRAIN_ARGS)
+	$(LWM) train configs/train/bundled.yaml $(TRAIN_ARGS) --export-only --export-dir $(BUNDLED)
+	cp configs/eval/bundled-bars.json $(BUNDLED)/eval_bars.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

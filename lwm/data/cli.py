@@ -45,6 +45,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     world.add_argument("--clips", type=int, default=100, help="number of clips (default: 100)")
     world.add_argument("--split", choices=["train", "held_out"], default="train", help="seed range (default: train)")
     world.add_argument("--fps", type=float, default=8.0, help="frame rate of the written videos (default: 8)")
+    world.add_argument("--workers", type=int, default=1, help="processes rendering clips (default: 1)")
+    world.add_argument("--needles", type=int, default=0,
+                       help="also write this many needle-retrieval records (a number hidden in filler text, then "
+                            "asked for; training seeds) (default: 0)")
+    world.add_argument("--needle-chars", type=int, nargs=2, default=(200, 12000), metavar=("SHORTEST", "LONGEST"),
+                       help="haystack lengths in characters, drawn uniformly (default: 200 12000; the world's text "
+                            "tokenizer makes about 4.9 characters a token)")
     world.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -80,6 +87,13 @@ def _run_world(args: argparse.Namespace) -> int:
     if args.clips < 1:
         print("lwm data world: --clips must be at least 1", file=sys.stderr)
         return 2
-    manifest = write_world_dataset(args.out, split_seeds(args.split, args.clips), fps=args.fps, progress=not args.no_progress)
-    print(f"wrote {args.clips} clips and {manifest}")
+    try:
+        manifest = write_world_dataset(args.out, split_seeds(args.split, args.clips), fps=args.fps,
+                                       progress=not args.no_progress, workers=args.workers, needles=args.needles,
+                                       needle_chars=tuple(args.needle_chars))
+    except ValueError as error:
+        print(f"lwm data world: {error}", file=sys.stderr)
+        return 2
+    needles = f", {args.needles} needle records" if args.needles else ""
+    print(f"wrote {args.clips} clips{needles} and {manifest}")
     return 0

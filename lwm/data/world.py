@@ -20,14 +20,18 @@ held-out seeds.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from lwm.data import needle
 from lwm.media import save_image, save_video
 from lwm.tokenizers.processing_lwm import CONTINUATION_REQUEST
 
@@ -621,9 +625,15 @@ def clip_files(seed: int) -> dict[str, str]:
     return {
         "video": f"clips/{seed:07d}.mp4",
         "image": f"images/{seed:07d}.png",  # one frame of the clip
-        "context": f"continuation/{seed:07d}_context.mp4",  # the first half of the clip
-        "future": f"continuation/{seed:07d}_future.mp4",  # the rest
+        "context": f"continuation/{seed:07d}_context.mp4",  # the first CONTINUATION_FRAMES frames
+        "future": f"continuation/{seed:07d}_future.mp4",  # the next CONTINUATION_FRAMES, by the physics
     }
+
+
+# A continuation example shows this many frames and asks for as many more, at the clip's own frame rate:
+# a fixed count (not a share of the clip) keeps the motion per frame the same in every example, so a
+# processor sampling `max_frames` frames leaves both videos whole when max_frames >= this.
+CONTINUATION_FRAMES = 4
 
 
 def still_frame(clip: Clip) -> int:
@@ -666,29 +676,70 @@ def world_records(clip: Clip, files: dict[str, str], tasks: tuple[str, ...] = TA
 
 
 def write_world_dataset(out_dir: str | Path, seeds, config: WorldConfig = WorldConfig(),
-                        tasks: tuple[str, ...] = TASKS, fps: float = 8.0, progress: bool = True) -> Path:
+                        tasks: tuple[str, ...] = TASKS, fps: float = 8.0, progress: bool = True,
+                        workers: int = 1, needles: int = 0, needle_chars: tuple[int, int] = (200, 12000)) -> Path:
     """Render the clips of `seeds` under `out_dir` with their files (see `clip_files`) and write
     `out_dir/manifest.jsonl`, one JSON record per line (see `world_records`); returns its path.
 
     Use `split_seeds("train", n)` for training data and `split_seeds("held_out", n)` for evaluation.
+    `workers` processes render in parallel; the manifest is the same whatever their number. `needles`
+    adds that many needle-retrieval records (see `needle_records`) after the clips' records.
     """
     unknown = set(tasks) - set(TASKS)
     if unknown:
         raise ValueError(f"unknown tasks {sorted(unknown)}; expected some of {TASKS}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     out_dir = Path(out_dir)
     for folder in ("clips", "images", "continuation"):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    needle_examples = needle_records(needles, needle_chars)  # first: bad settings fail before any rendering
+    seeds = list(seeds)
+    render_one = partial(_write_clip, out_dir=out_dir, config=config, tasks=tasks, fps=fps)
     manifest = out_dir / "manifest.jsonl"
-    with manifest.open("w") as sink:
-        for seed in tqdm(list(seeds), desc="world clips", disable=not progress):
-            clip = generate_clip(seed, config)
-            files = clip_files(seed)
-            save_video(clip.frames, out_dir / files["video"], fps=fps)
-            save_image(clip.frames[still_frame(clip)], out_dir / files["image"])
-            if "video_continuation" in tasks:
-                context, future = continuation(clip, clip.n_frames // 2)
-                save_video(context.frames, out_dir / files["context"], fps=fps)
-                save_video(future.frames, out_dir / files["future"], fps=fps)
-            for record in world_records(clip, files, tasks):
+    with manifest.open("w") as sink, _pool(workers) as pool:
+        rendered = pool.imap(render_one, seeds, chunksize=16) if pool else map(render_one, seeds)
+        for records in tqdm(rendered, total=len(seeds), desc="world clips", disable=not progress):
+            for record in records:
                 sink.write(json.dumps(record) + "\n")
+        for record in needle_examples:
+            sink.write(json.dumps(record) + "\n")
     return manifest
+
+
+def needle_records(count: int, chars: tuple[int, int], seeds: range | None = None) -> list[dict]:
+    """`count` needle-retrieval records (lwm.data.needle) at training seeds: one needle at a uniform depth
+    in a haystack of a uniform length in `chars` characters (the tokenizer does not exist yet when the
+    world is written; its tokens per character decide how long in tokens they come out)."""
+    low, high = chars
+    if count < 0 or not 0 < low <= high:
+        raise ValueError(f"need count >= 0 and 0 < shortest <= longest haystack, got {count} and {chars}")
+    seeds = split_seeds("train", count) if seeds is None else seeds
+    records = []
+    for seed in seeds:
+        rng = np.random.default_rng([seed, 7])
+        example = needle.make_example(int(rng.integers(low, high + 1)), float(rng.uniform()), seed)
+        records.append(example.to_record())
+    return records
+
+
+def _write_clip(seed: int, out_dir: Path, config: WorldConfig, tasks: tuple[str, ...], fps: float) -> list[dict]:
+    clip = generate_clip(seed, config)
+    files = clip_files(seed)
+    save_video(clip.frames, out_dir / files["video"], fps=fps)
+    save_image(clip.frames[still_frame(clip)], out_dir / files["image"])
+    if "video_continuation" in tasks:
+        context, future = continuation(clip, CONTINUATION_FRAMES, CONTINUATION_FRAMES)
+        save_video(context.frames, out_dir / files["context"], fps=fps)
+        save_video(future.frames, out_dir / files["future"], fps=fps)
+    return world_records(clip, files, tasks)
+
+
+@contextlib.contextmanager
+def _pool(workers: int):
+    if workers == 1:
+        yield None
+        return
+    # Forked workers would inherit the parent's thread pools; spawn starts them clean.
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield pool

@@ -136,6 +136,10 @@ class ChatRepl:
         self.transcript: list[dict] = []  # the conversation with media as paths, for /save
         self.pending: list[Attachment] = []
         self.last_visual: Attachment | None = None  # what /continue extends
+        # A model trained on one user turn per chat (the processor's `single_turn`) is asked each
+        # question alone, with the media attached last: earlier turns would only confuse it.
+        self.single_turn = lwm.processor.config.single_turn
+        self.context_media: list[Attachment] = []
 
     # ------------------------------------------------------------------ the loop
 
@@ -210,6 +214,7 @@ class ChatRepl:
             self._say(HELP)
         elif name in ("/clear", "/reset"):
             self.messages, self.transcript, self.pending, self.last_visual = [], [], [], None
+            self.context_media = []
             self._say("Cleared session context")
         elif name in ("/image", "/video"):
             if not argument:
@@ -249,6 +254,9 @@ class ChatRepl:
         attached = ", ".join(f"{a.kind} '{a.path.name}'" for a in self.pending) or "none"
         self._say(f"  attached     {attached}")
         self._say(f"  turns        {len(self.messages) // 2}")
+        if self.single_turn:
+            media = ", ".join(f"{a.kind} '{a.path.name}'" for a in self.context_media) or "none"
+            self._say(f"  context      each question alone with the last media ({media}): the model is single-turn")
 
     def _save(self, argument: str) -> None:
         path = Path(_unquote(argument)).expanduser() if argument else self._free_path("chat", ".json")
@@ -300,10 +308,14 @@ class ChatRepl:
             if self.pending:
                 self._say("Attached; now ask something about it.")
             return
-        parts = [{"type": "text", "text": text}] + [a.part() for a in self.pending]
-        recorded = [{"type": "text", "text": text}] + [{"type": a.kind, "path": str(a.path)} for a in self.pending]
+        attachments = self.pending
+        if self.single_turn:
+            attachments = self.context_media = self.pending or self.context_media
+        parts = [{"type": "text", "text": text}] + [a.part() for a in attachments]
+        recorded = [{"type": "text", "text": text}] + [{"type": a.kind, "path": str(a.path)} for a in attachments]
         message = {"role": "user", "content": parts}
-        stream = self.lwm.chat(self.messages + [message], stream=True, **self.settings.answer_options())
+        history = [] if self.single_turn else self.messages
+        stream = self.lwm.chat(history + [message], stream=True, **self.settings.answer_options())
         self.pending = []
         reply = self._stream(stream)
         self.messages += [message, {"role": "assistant", "content": reply}]

@@ -73,6 +73,7 @@ class ProcessorConfig:
     max_frames: int | None = None  # frames sampled uniformly from a video (None: all)
     max_length: int | None = None  # longest allowed sequence (None: unlimited)
     eov_after_every_frame: bool = False  # the official chat script's quirk (spec §5.3); False = training layout
+    single_turn: bool = False  # trained on one user turn per chat: chat front-ends ask each question alone
 
 
 @dataclass

@@ -55,6 +55,7 @@ class ProcessorConfig:
     tokenizer: str | None = None
     vqgan: str | None = None
     max_frames: int | None = None  # frames the exported processor samples from an input video
+    single_turn: bool = False  # the data has one user turn per chat (lwm.tokenizers.processing_lwm)
 
 
 @dataclass

@@ -151,7 +151,8 @@ def load_processor(config: TrainConfig):
         vqgan = VQGAN.from_pretrained(config.processor.vqgan)
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(f"processor: {error}") from None
-    return LWMProcessor(tokenizer, vqgan, max_frames=config.processor.max_frames)
+    return LWMProcessor(tokenizer, vqgan, max_frames=config.processor.max_frames,
+                        single_turn=config.processor.single_turn)
 
 
 def _set_rope_theta(model: LWMForCausalLM, theta: float) -> None:

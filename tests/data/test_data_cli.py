@@ -19,3 +19,14 @@ def test_lwm_data_world_writes_a_valid_manifest(tmp_path, capsys):
 def test_lwm_data_world_rejects_zero_clips(tmp_path, capsys):
     assert main(["data", "world", str(tmp_path), "--clips", "0"]) == 2
     assert "--clips must be at least 1" in capsys.readouterr().err
+
+
+def test_lwm_data_world_writes_needles_and_refuses_bad_settings(tmp_path, capsys):
+    assert main(["data", "world", str(tmp_path), "--clips", "1", "--needles", "3", "--needle-chars", "300", "600",
+                 "--no-progress"]) == 0
+    assert "3 needle records" in capsys.readouterr().out
+    assert sum(r.task == "needle" for r in read_manifest(tmp_path / "manifest.jsonl")) == 3
+    assert main(["data", "world", str(tmp_path), "--clips", "1", "--workers", "0"]) == 2
+    assert "workers must be at least 1" in capsys.readouterr().err
+    assert main(["data", "world", str(tmp_path), "--clips", "1", "--needles", "1", "--needle-chars", "500", "100"]) == 2
+    assert "haystack" in capsys.readouterr().err

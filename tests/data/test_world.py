@@ -240,3 +240,42 @@ def test_write_world_dataset(tmp_path):
     assert len(only_captions.read_text().splitlines()) == 1
     with pytest.raises(ValueError, match="unknown tasks"):
         world.write_world_dataset(tmp_path, [5], tasks=("dance",), progress=False)
+
+
+def test_world_dataset_is_the_same_with_parallel_workers(tmp_path):
+    one = world.write_world_dataset(tmp_path / "one", [5, 6, 7], progress=False, needles=2)
+    two = world.write_world_dataset(tmp_path / "two", [5, 6, 7], progress=False, needles=2, workers=2)
+    assert one.read_text() == two.read_text()
+    for name in ("clips/0000006.mp4", "continuation/0000007_future.mp4"):
+        np.testing.assert_array_equal(load_video(tmp_path / "one" / name), load_video(tmp_path / "two" / name))
+
+
+def test_continuation_records_show_and_ask_for_a_fixed_number_of_frames(tmp_path):
+    world.write_world_dataset(tmp_path, [5], tasks=("video_continuation",), progress=False)
+    clip = world.generate_clip(5)
+    context, future = world.continuation(clip, world.CONTINUATION_FRAMES, world.CONTINUATION_FRAMES)
+    files = world.clip_files(5)
+    for name, truth in (("context", context), ("future", future)):
+        frames = load_video(tmp_path / files[name])
+        assert len(frames) == world.CONTINUATION_FRAMES
+        assert np.abs(frames.astype(int) - truth.frames).mean() < 3
+
+
+def test_needle_records_train_the_layout_the_needle_eval_asks(tmp_path):
+    manifest = world.write_world_dataset(tmp_path, [5], tasks=("text",), progress=False, needles=6,
+                                         needle_chars=(300, 900))
+    needles = [record for record in read_manifest(manifest) if record.task == "needle"]
+    assert len(needles) == 6
+    raw = [json.loads(line) for line in manifest.read_text().splitlines()][1:]
+    lengths = []
+    for seed, record in zip(world.split_seeds("train", 6), raw):
+        prompt = record["messages"][0]["content"][0]["text"]
+        answer = record["messages"][1]["content"][0]["text"]
+        context, question = prompt.rsplit("\n\n", 1)
+        key = question.removeprefix("What is the special magic number for ").removesuffix("?")
+        assert f"The special magic number for {key} is {answer}." in context
+        lengths.append(len(context))
+        assert 300 - 60 <= len(context) <= 900  # the longest whole sentences that fit
+    assert len(set(lengths)) > 1
+    with pytest.raises(ValueError, match="haystack"):
+        world.needle_records(2, (0, 10))

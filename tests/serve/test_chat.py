@@ -100,12 +100,30 @@ def test_multiline_input_and_multi_turn_history(lwm, tmp_path):
     assert repl.messages[0]["content"][0]["text"] == "first line\nsecond line\nthird"
 
 
+def test_a_single_turn_model_is_asked_each_question_alone_with_the_last_media(lwm, tmp_path, media_dir, monkeypatch):
+    photo, clip = media_dir / "photo.png", media_dir / "clip.mp4"
+    monkeypatch.setattr(lwm.processor.config, "single_turn", True)
+    repl, out = make_repl(lwm, "/set max_tokens 3", f"/image {photo}", "What is this?", "And now?",
+                          f"/video {clip}", "Which way?", "/show", tmp_path=tmp_path)
+    repl.run()
+    image, video = [{"type": "image", "path": str(photo)}], [{"type": "video", "path": str(clip)}]
+    expected = [answer(lwm, ("What is this?", image), max_new_tokens=3),
+                answer(lwm, ("And now?", image), max_new_tokens=3),
+                answer(lwm, ("Which way?", video), max_new_tokens=3)]
+    assert [m["content"] for m in repl.messages[1::2]] == expected
+    assert "the model is single-turn" in out.getvalue() and "video 'clip.mp4'" in out.getvalue()
+    repl.handle("/clear")
+    repl.handle("Hello")
+    assert repl.messages[-1]["content"] == answer(lwm, ("Hello", []), max_new_tokens=3)
+
+
 class InterruptedAnswers:
     """Test double: the real model, whose answer streams raise KeyboardInterrupt (Ctrl+C) after one piece,
     and whose drawing is interrupted at once."""
 
     def __init__(self, lwm):
         self.lwm = lwm
+        self.processor = lwm.processor
         self.closed = []
 
     def chat(self, messages, stream=False, **options):

@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from lwm.data import world
 from lwm.training.config import ConfigError, ScheduleConfig, load_config
 from lwm.training.trainer import deepspeed_config, lr_multiplier
 
@@ -72,6 +73,5 @@ def test_deepspeed_settings_come_from_the_config_and_extra_json_may_not_override
 def test_the_bundled_recipe_exports_a_whole_model_folder():
     config = load_config("configs/train/bundled.yaml")
     assert (config.processor.tokenizer, config.processor.vqgan) == ("runs/bundled/text-tokenizer", "runs/bundled/vqgan")
-    assert config.model.name_or_path == "bundled" and set(config.data.mixture) == {
-        "video_qa", "video_caption", "image_text", "text_to_video", "video_continuation", "text"
-    }
+    # every task `lwm data world` writes, needles included
+    assert config.model.name_or_path == "world" and set(config.data.mixture) == set(world.TASKS) | {"needle"}

@@ -1,0 +1,7 @@
+"""`python -m lwm ...` is the `lwm` command."""
+
+import sys
+
+from lwm.cli import main
+
+sys.exit(main())
