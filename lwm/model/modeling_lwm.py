@@ -69,7 +69,8 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
 
     def embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
         vocab = self.config.vocab_size
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.total_vocab_size):
+        # One device-to-host read per call: this runs at every decoding step.
+        if ((input_ids < 0) | (input_ids >= self.config.total_vocab_size)).any():
             raise ValueError(
                 f"token ids must lie in [0, {self.config.total_vocab_size}), got "
                 f"[{input_ids.min().item()}, {input_ids.max().item()}]"
