@@ -28,9 +28,10 @@ test: install
 test-slow: install
 	$(PY) -m pytest -m slow
 
-# Reproduces bundled/ from scratch with the project's own commands (docs/bundled-model.md; ~40 min on 2 CPU cores).
 LWM := $(VENV)/bin/lwm
-# The bundled model's whole recipe (docs/bundled-model.md): each intermediate is a file target, so an
+
+# Reproduces bundled/ from scratch with the project's own commands (docs/bundled-model.md: about 20 min
+# on one GPU, days on 2 CPU cores). Each intermediate is a file target, so an
 # interrupted `make bundled` redoes only what is missing. WORKERS processes render and tokenize; DEVICE
 # runs the VQGAN while tokenizing (the trainers take the GPU by themselves when there is one);
 # TRAIN_ARGS are `lwm train` overrides (key=value); the model goes to BUNDLED.
