@@ -8,9 +8,10 @@
 `task` names the record's group for mixture weights; it defaults to the record's kind ("text",
 "image", "video", "chat"). Image and video captions make two examples, media -> caption and
 caption -> media (LWM trains both directions); `"direction": "understanding"` or `"generation"`
-keeps one. Media paths, also inside messages, are relative to the manifest's folder. Blank lines
-are skipped. `read_manifest` checks every line before anything runs and reports all problems with
-their line numbers.
+keeps one, and `"direction": "unconditional"` makes the media alone after `<s><vision>` (the branch
+classifier-free guidance subtracts; such a record needs no caption). Media paths, also inside
+messages, are relative to the manifest's folder. Blank lines are skipped. `read_manifest` checks
+every line before anything runs and reports all problems with their line numbers.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KINDS = ("text", "image", "video", "messages")
-DIRECTIONS = ("both", "understanding", "generation")
+DIRECTIONS = ("both", "understanding", "generation", "unconditional")
 _OPTIONAL = {"task", "direction"}
 _FIELDS = {"text": {"text"}, "image": {"image", "caption"}, "video": {"video", "caption"}, "messages": {"messages"}}
 
@@ -75,15 +76,16 @@ def parse_record(line: str, number: int, root: Path) -> Record:
     if len(kinds) != 1:
         raise ManifestError(f"line {number}: a record has exactly one of {list(KINDS)}, found {kinds or 'none'}")
     kind = kinds[0]
+    required = _FIELDS[kind] - ({"caption"} if data.get("direction") == "unconditional" else set())
     unknown = sorted(set(data) - _FIELDS[kind] - _OPTIONAL)
-    missing = sorted(_FIELDS[kind] - set(data))
+    missing = sorted(required - set(data))
     if unknown or missing:
         raise ManifestError(f"line {number}: a {kind} record " + (f"lacks {missing}" if missing else f"has unknown fields {unknown}"))
     task = data.get("task", "chat" if kind == "messages" else kind)
     if not isinstance(task, str) or not task:
         raise ManifestError(f"line {number}: task must be a non-empty string")
     if kind in ("image", "video"):
-        _check_strings(data, (kind, "caption"), number)
+        _check_strings(data, (kind, "caption") if "caption" in data else (kind,), number)
         if data.get("direction", "both") not in DIRECTIONS:
             raise ManifestError(f"line {number}: direction must be one of {list(DIRECTIONS)}")
         data = {**data, kind: str(root / data[kind])}

@@ -160,8 +160,10 @@ def examples_of(record: Record, processor: LWMProcessor, codes_cache: dict) -> l
         ]
         return [processor.apply_chat_template(messages)]
     part = _with_codes({"type": record.kind, "path": record.data[record.kind]}, processor, codes_cache)
-    understanding, generation = processor.pair_examples(part, record.data["caption"])
     direction = record.data.get("direction", "both")
+    if direction == "unconditional":
+        return [processor.unconditional_example(part)]
+    understanding, generation = processor.pair_examples(part, record.data["caption"])
     return {"both": [understanding, generation], "understanding": [understanding], "generation": [generation]}[direction]
 
 

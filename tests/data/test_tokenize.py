@@ -141,6 +141,19 @@ def test_cli_with_worker_processes_matches_one_process(assets, single_run, tmp_p
     assert shard_contents(tmp_path / "multi") == shard_contents(single_run[0])
 
 
+def test_unconditional_record_needs_no_caption(assets, tmp_path):
+    root, _ = assets
+    manifest = root / "unconditional.jsonl"
+    manifest.write_text('{"image": "media/still.png", "direction": "unconditional", "task": "uncond"}\n')
+    report = tokenize_manifest(config_for(assets, tmp_path / "out", manifest=str(manifest)), progress=False)
+    assert report.examples == 1
+    processor = LWMProcessor(load_text_tokenizer(root / "tokenizer"), VQGAN.from_pretrained(root / "vqgan"))
+    expected = processor.unconditional_example({"type": "image", "path": str(root / "media/still.png")})
+    ids, mask = TokenizedDataset(tmp_path / "out")[0]
+    np.testing.assert_array_equal(ids, expected["input_ids"].numpy())
+    np.testing.assert_array_equal(mask, (expected["labels"] != -100).numpy())
+
+
 def test_manifest_errors_name_their_lines(tmp_path):
     manifest = tmp_path / "bad.jsonl"
     manifest.write_text("\n".join([
@@ -152,13 +165,15 @@ def test_manifest_errors_name_their_lines(tmp_path):
         '{"video": "v.mp4", "caption": "c", "direction": "sideways"}',
         "",
         '{"messages": [{"role": "robot", "content": "hi"}]}',
+        '{"video": "v.mp4", "direction": "generation"}',
     ]))
     with pytest.raises(ManifestError) as raised:
         read_manifest(manifest)
     message = str(raised.value)
-    assert "6 invalid line(s)" in message
+    assert "7 invalid line(s)" in message
     for expected in ["line 2: not valid JSON", "line 3: a image record lacks ['caption']", "line 4: a record has exactly one",
-                     "line 5: a text record has unknown fields ['colour']", "line 6: direction must be", "line 8: message 0"]:
+                     "line 5: a text record has unknown fields ['colour']", "line 6: direction must be", "line 8: message 0",
+                     "line 9: a video record lacks ['caption']"]:
         assert expected in message
     good = tmp_path / "good.jsonl"
     good.write_text('{"video": "clips/v.mp4", "caption": "c"}\n')

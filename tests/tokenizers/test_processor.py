@@ -100,6 +100,16 @@ def test_generation_prompts_match_spec(processor, tokenizers):
     assert processor.unconditional_prompt()["input_ids"].tolist() == [1] + sp.encode("<vision>")
 
 
+def test_unconditional_example_extends_the_unconditional_prompt(processor, tokenizers):
+    sp = tokenizers[1]
+    frames = np.random.default_rng(1).integers(0, 256, size=(1, 8, 8, 3), dtype=np.uint8)
+    example = processor.unconditional_example({"type": "image", "frames": frames})
+    prompt = processor.unconditional_prompt()["input_ids"].tolist()
+    target = vision_ids(processor.encode_media({"type": "image", "frames": frames})) + sp.encode("</vision>") + [2]
+    assert example["input_ids"].tolist() == prompt + target
+    assert example["labels"].tolist() == [-100] * len(prompt) + target
+
+
 def test_text_only_chat_matches_lwm_text_template(processor, tokenizers):
     sp = tokenizers[1]
     out = processor.apply_chat_template([{"role": "user", "content": "what is it"}], add_generation_prompt=True)
