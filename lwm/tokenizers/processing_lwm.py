@@ -145,7 +145,7 @@ class LWMProcessor:
 
     def unconditional_prompt(self) -> dict[str, torch.Tensor]:
         """The classifier-free-guidance branch: `<s><vision>`."""
-        return self._finish([_Chunk([self.bos_token_id], False), _Chunk(self.encode_text(VISION_START), False)])
+        return self._finish(self._unconditional_writer().chunks())
 
     def unconditional_example(self, part: dict) -> dict[str, torch.Tensor]:
         """An image or video after the unconditional prompt `<s><vision>`, trained on the media and `</s>`.
@@ -153,12 +153,16 @@ class LWMProcessor:
         This is the branch classifier-free guidance subtracts: without such examples guidance amplifies
         whatever an untrained branch predicts.
         """
-        writer = _ChunkWriter(self.encode_text)
-        writer.token(self.bos_token_id, trained=False)
-        writer.text(VISION_START, trained=False)
+        writer = self._unconditional_writer()
         self._write_vision(writer, self.encode_media(part), trained=True, opened=True)
         writer.token(self.eos_token_id, trained=True)
         return self._finish(writer.chunks())
+
+    def _unconditional_writer(self) -> "_ChunkWriter":
+        writer = _ChunkWriter(self.encode_text)
+        writer.token(self.bos_token_id, trained=False)
+        writer.text(VISION_START, trained=False)
+        return writer
 
     def pair_examples(self, part: dict, caption: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Both training directions from one (image or video, caption) pair: (media -> caption, caption -> media).
