@@ -19,7 +19,10 @@ def psnr(reference: torch.Tensor, reconstruction: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
-def ssim(reference: torch.Tensor, reconstruction: torch.Tensor, window: int = 11, sigma: float = 1.5) -> float:
+SSIM_WINDOW = 11
+
+
+def ssim(reference: torch.Tensor, reconstruction: torch.Tensor, window: int = SSIM_WINDOW, sigma: float = 1.5) -> float:
     """Mean structural similarity (Wang et al. 2004; Gaussian window, per channel), pixels in [-1, 1]."""
     if min(reference.shape[-2:]) < window:
         raise ValueError(f"SSIM needs frames of at least {window}x{window} pixels, got {tuple(reference.shape[-2:])}")
@@ -53,7 +56,10 @@ def codebook_usage(codes: torch.Tensor, codebook_size: int) -> tuple[float, floa
 
 @torch.no_grad()
 def evaluate_reconstruction(model, pixels: torch.Tensor, batch_size: int = 32, progress: bool = False) -> dict:
-    """Encode and decode `pixels` `[N, 3, H, W]` with a VQGAN; return PSNR, SSIM, usage and perplexity."""
+    """Encode and decode `pixels` `[N, 3, H, W]` with a VQGAN; return PSNR, SSIM, usage and perplexity.
+
+    SSIM needs frames at least as large as its 11-pixel window; smaller ones (test-sized VQGANs) get None.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -68,7 +74,7 @@ def evaluate_reconstruction(model, pixels: torch.Tensor, batch_size: int = 32, p
     return {
         "frames": len(pixels),
         "psnr": psnr(pixels, reconstruction),
-        "ssim": ssim(pixels, reconstruction),
+        "ssim": ssim(pixels, reconstruction) if min(pixels.shape[-2:]) >= SSIM_WINDOW else None,
         "codebook_usage": usage,
         "perplexity": perplexity,
     }
@@ -76,6 +82,7 @@ def evaluate_reconstruction(model, pixels: torch.Tensor, batch_size: int = 32, p
 
 def format_metrics(metrics: dict) -> str:
     return (
-        f"frames {metrics['frames']}  PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f}  "
+        f"frames {metrics['frames']}  PSNR {metrics['psnr']:.2f} dB  "
+        f"SSIM {'n/a' if metrics['ssim'] is None else format(metrics['ssim'], '.4f')}  "
         f"codebook usage {metrics['codebook_usage']:.1%}  perplexity {metrics['perplexity']:.1f}"
     )

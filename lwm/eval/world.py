@@ -31,12 +31,11 @@ from tqdm import tqdm
 
 from lwm import media
 from lwm.data import judge, world
-from lwm.eval.reconstruction import codebook_usage, psnr, ssim
+from lwm.eval.reconstruction import evaluate_reconstruction
 from lwm.tokenizers.processing_lwm import CAPTION_REQUESTS
 
 WORLD_TASKS: tuple[str, ...] = ("video_qa", "caption", "text_to_image", "text_to_video", "continuation", "tokenizer")
 SAMPLES_KEPT = 4  # examples of prompts and outputs kept in the report per task
-SSIM_WINDOW = 11
 
 
 @dataclass(frozen=True)
@@ -251,24 +250,15 @@ def evaluate_continuation(subject: Subject, clips: list[world.Clip], config: Wor
     return TaskResult(summary, grid)
 
 
-@torch.no_grad()
 def evaluate_tokenizer(vqgan, clips: list[world.Clip], batch_size: int = 32, progress: bool = False) -> TaskResult:
     """Reconstruction of every frame of the clips, resized to the VQGAN's resolution as the processor does.
 
-    SSIM needs frames at least as large as its window; smaller ones (test-sized VQGANs) report None.
+    SSIM needs frames at least as large as its window; for smaller ones (test-sized VQGANs) the report
+    leaves it out.
     """
     pixels = torch.cat([media.preprocess(clip.frames, vqgan.config.resolution) for clip in clips])
-    device = next(vqgan.parameters()).device
-    codes, reconstructions = [], []
-    for chunk in tqdm(pixels.split(batch_size), desc="tokenizer", disable=not progress):
-        chunk_codes = vqgan.encode(chunk.to(device))
-        codes.append(chunk_codes.cpu())
-        reconstructions.append(vqgan.decode(chunk_codes).cpu())
-    codes, reconstruction = torch.cat(codes), torch.cat(reconstructions)
-    usage, perplexity = codebook_usage(codes, vqgan.codebook_size)
-    metrics = {"psnr": psnr(pixels, reconstruction), "codebook_usage": usage, "perplexity": perplexity}
-    if vqgan.config.resolution >= SSIM_WINDOW:
-        metrics["ssim"] = ssim(pixels, reconstruction, window=SSIM_WINDOW)
+    measured = evaluate_reconstruction(vqgan, pixels, batch_size, progress)
+    metrics = {key: measured[key] for key in ("psnr", "codebook_usage", "perplexity", "ssim") if measured[key] is not None}
     return TaskResult({"metrics": metrics, "frames": len(pixels), "resolution": vqgan.config.resolution,
                        "seeds": [clip.seed for clip in clips]})
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lwm.eval.reconstruction import codebook_usage, psnr, ssim
+from lwm.eval.reconstruction import codebook_usage, evaluate_reconstruction, format_metrics, psnr, ssim
 
 
 def test_psnr_matches_its_definition_on_the_8_bit_scale():
@@ -39,3 +39,29 @@ def test_codebook_usage_and_perplexity():
 def test_ssim_refuses_frames_smaller_than_its_window():
     with pytest.raises(ValueError, match="at least 11x11"):
         ssim(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
+
+
+class _Identity(torch.nn.Module):
+    """A "VQGAN" that reconstructs perfectly, with one code per pixel row."""
+
+    codebook_size = 4
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+
+    def encode(self, pixels):
+        self.pixels = pixels
+        return torch.arange(pixels.shape[-2]).remainder(4).expand(len(pixels), -1)
+
+    def decode(self, codes):
+        return self.pixels
+
+
+@pytest.mark.parametrize("size, has_ssim", [(8, False), (16, True)])
+def test_reconstruction_report_leaves_ssim_to_frames_that_fit_its_window(size, has_ssim):
+    pixels = torch.rand(3, 3, size, size) * 2 - 1
+    metrics = evaluate_reconstruction(_Identity(), pixels, batch_size=2)
+    assert metrics["psnr"] == math.inf and metrics["codebook_usage"] == 1.0 and metrics["frames"] == 3
+    assert (metrics["ssim"] == pytest.approx(1.0)) if has_ssim else metrics["ssim"] is None
+    assert ("SSIM n/a" in format_metrics(metrics)) != has_ssim
