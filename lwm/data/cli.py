@@ -42,10 +42,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         ),
     )
     world.add_argument("out", help="output folder")
-    world.add_argument("--clips", type=int, default=100, help="number of clips (default: 100)")
+    world.add_argument("--clips", type=int, default=100,
+                       help="number of clips (default: 100; 0 with --needles writes needle records only)")
     world.add_argument("--split", choices=["train", "held_out"], default="train", help="seed range (default: train)")
     world.add_argument("--fps", type=float, default=8.0, help="frame rate of the written videos (default: 8)")
     world.add_argument("--workers", type=int, default=1, help="processes rendering clips (default: 1)")
+    # No `choices`: they live in lwm.data.world, which imports torch; write_world_dataset names the valid ones.
+    world.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                       help="what each clip's records train (default: the bundled model's video_caption video_qa "
+                            "image_text text_to_video video_continuation text; also video_conversation, 2-4 "
+                            "questions in one chat, and unconditional, the still alone for classifier-free "
+                            "guidance; docs/data.md)")
     world.add_argument("--needles", type=int, default=0,
                        help="also write this many needle-retrieval records (a number hidden in filler text, then "
                             "asked for; training seeds) (default: 0)")
@@ -82,15 +89,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_world(args: argparse.Namespace) -> int:
-    from lwm.data.world import split_seeds, write_world_dataset
+    from lwm.data.world import DEFAULT_TASKS, split_seeds, write_world_dataset
 
-    if args.clips < 1:
-        print("lwm data world: --clips must be at least 1", file=sys.stderr)
+    if args.clips < 0 or args.clips == 0 and args.needles < 1:
+        print("lwm data world: --clips must be at least 1 (or 0 with --needles)", file=sys.stderr)
         return 2
     try:
         manifest = write_world_dataset(args.out, split_seeds(args.split, args.clips), fps=args.fps,
-                                       progress=not args.no_progress, workers=args.workers, needles=args.needles,
-                                       needle_chars=tuple(args.needle_chars))
+                                       tasks=tuple(args.tasks or DEFAULT_TASKS), progress=not args.no_progress,
+                                       workers=args.workers, needles=args.needles, needle_chars=tuple(args.needle_chars))
     except ValueError as error:
         print(f"lwm data world: {error}", file=sys.stderr)
         return 2

@@ -617,7 +617,15 @@ def split_seeds(split: str, n: int | None = None) -> range:
     return seeds[:n]
 
 
-TASKS: tuple[str, ...] = ("video_caption", "video_qa", "image_text", "text_to_video", "video_continuation", "text")
+# What `world_records` can write per clip. DEFAULT_TASKS is what `lwm data world` writes unless asked:
+# the tasks the shipped bundled model was trained on (its recipe, docs/bundled-model.md, reproduces it).
+TASKS: tuple[str, ...] = ("video_caption", "video_qa", "video_conversation", "image_text", "unconditional",
+                          "text_to_video", "video_continuation", "text")
+DEFAULT_TASKS: tuple[str, ...] = ("video_caption", "video_qa", "image_text", "text_to_video",
+                                  "video_continuation", "text")
+
+# A conversation asks this many of the clip's questions, one per user turn, the video with the first.
+CONVERSATION_TURNS: tuple[int, int] = (2, 4)
 
 
 def clip_files(seed: int) -> dict[str, str]:
@@ -641,11 +649,29 @@ def still_frame(clip: Clip) -> int:
     return int(_language_rng(clip, 2).integers(clip.n_frames))
 
 
-def world_records(clip: Clip, files: dict[str, str], tasks: tuple[str, ...] = TASKS) -> list[dict]:
+def conversation(clip: Clip, video: str) -> list[dict]:
+    """A chat about the clip: `CONVERSATION_TURNS` of its questions in an order drawn from its seed, the
+    video attached after the first (as `lwm chat` sends it), later questions relying on the history."""
+    rng = _language_rng(clip, 3)
+    qas = questions(clip)
+    turns = min(len(qas), int(rng.integers(CONVERSATION_TURNS[0], CONVERSATION_TURNS[1] + 1)))
+    messages = []
+    for number, index in enumerate(rng.permutation(len(qas))[:turns]):
+        content = [{"type": "text", "text": qas[index].question}]
+        if number == 0:
+            content.append({"type": "video", "path": video})
+        messages += [{"role": "user", "content": content},
+                     {"role": "assistant", "content": [{"type": "text", "text": qas[index].answer}]}]
+    return messages
+
+
+def world_records(clip: Clip, files: dict[str, str], tasks: tuple[str, ...] = DEFAULT_TASKS) -> list[dict]:
     """The manifest records of one clip for `tasks`, pointing at its `files` (see `clip_files`).
 
     The format is lwm.data.manifest's. A caption is learnt video→text and a prompt text→video (their
-    "direction"); an image and its description both ways.
+    "direction"); an image and its description both ways. `video_qa` asks every question alone;
+    `video_conversation` asks a few of them in one chat (see `conversation`); `unconditional` is the
+    still after `<s><vision>` alone, the branch classifier-free guidance subtracts.
     """
     records = []
     if "video_caption" in tasks:
@@ -658,9 +684,13 @@ def world_records(clip: Clip, files: dict[str, str], tasks: tuple[str, ...] = TA
                                              {"type": "video", "path": files["video"]}]},
                 {"role": "assistant", "content": [{"type": "text", "text": qa.answer}]},
             ], "task": "video_qa"})
+    if "video_conversation" in tasks:
+        records.append({"messages": conversation(clip, files["video"]), "task": "video_conversation"})
     if "image_text" in tasks:
         records.append({"image": files["image"], "caption": describe_frame(clip, still_frame(clip)),
                         "task": "image_text"})
+    if "unconditional" in tasks:
+        records.append({"image": files["image"], "task": "unconditional", "direction": "unconditional"})
     if "text_to_video" in tasks:
         records.append({"video": files["video"], "caption": prompt_for(clip), "task": "text_to_video",
                         "direction": "generation"})
@@ -676,7 +706,7 @@ def world_records(clip: Clip, files: dict[str, str], tasks: tuple[str, ...] = TA
 
 
 def write_world_dataset(out_dir: str | Path, seeds, config: WorldConfig = WorldConfig(),
-                        tasks: tuple[str, ...] = TASKS, fps: float = 8.0, progress: bool = True,
+                        tasks: tuple[str, ...] = DEFAULT_TASKS, fps: float = 8.0, progress: bool = True,
                         workers: int = 1, needles: int = 0, needle_chars: tuple[int, int] = (200, 12000)) -> Path:
     """Render the clips of `seeds` under `out_dir` with their files (see `clip_files`) and write
     `out_dir/manifest.jsonl`, one JSON record per line (see `world_records`); returns its path.

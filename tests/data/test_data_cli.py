@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from lwm.cli import main
 from lwm.data.manifest import read_manifest
 
@@ -16,9 +18,19 @@ def test_lwm_data_world_writes_a_valid_manifest(tmp_path, capsys):
     assert len(read_manifest(manifest)) == len(records)
 
 
-def test_lwm_data_world_rejects_zero_clips(tmp_path, capsys):
+def test_lwm_data_world_rejects_zero_clips_without_needles(tmp_path, capsys):
     assert main(["data", "world", str(tmp_path), "--clips", "0"]) == 2
     assert "--clips must be at least 1" in capsys.readouterr().err
+
+
+def test_lwm_data_world_writes_needles_alone_and_chosen_tasks(tmp_path, capsys):
+    assert main(["data", "world", str(tmp_path / "needles"), "--clips", "0", "--needles", "2", "--no-progress"]) == 0
+    assert [r.task for r in read_manifest(tmp_path / "needles" / "manifest.jsonl")] == ["needle", "needle"]
+    assert main(["data", "world", str(tmp_path / "chat"), "--clips", "1", "--tasks", "video_conversation",
+                 "--no-progress"]) == 0
+    assert [r.task for r in read_manifest(tmp_path / "chat" / "manifest.jsonl")] == ["video_conversation"]
+    assert main(["data", "world", str(tmp_path / "bad"), "--clips", "1", "--tasks", "dance"]) == 2
+    assert "unknown tasks ['dance']" in capsys.readouterr().err
 
 
 def test_lwm_data_world_writes_needles_and_refuses_bad_settings(tmp_path, capsys):
@@ -30,3 +42,12 @@ def test_lwm_data_world_writes_needles_and_refuses_bad_settings(tmp_path, capsys
     assert "workers must be at least 1" in capsys.readouterr().err
     assert main(["data", "world", str(tmp_path), "--clips", "1", "--needles", "1", "--needle-chars", "500", "100"]) == 2
     assert "haystack" in capsys.readouterr().err
+
+
+def test_lwm_data_world_help_names_every_task(capsys):
+    from lwm.data.world import TASKS
+
+    with pytest.raises(SystemExit):
+        main(["data", "world", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert all(task in help_text for task in TASKS)

@@ -226,7 +226,7 @@ def test_write_world_dataset(tmp_path):
     manifest = world.write_world_dataset(tmp_path, [5, 6], progress=False)
     records = read_manifest(manifest)
     tasks = {record.task for record in records}
-    assert tasks == set(world.TASKS)
+    assert tasks == set(world.DEFAULT_TASKS)
     clip = world.generate_clip(5)
     frames = load_video(tmp_path / world.clip_files(5)["video"])
     assert frames.shape == clip.frames.shape
@@ -240,6 +240,34 @@ def test_write_world_dataset(tmp_path):
     assert len(only_captions.read_text().splitlines()) == 1
     with pytest.raises(ValueError, match="unknown tasks"):
         world.write_world_dataset(tmp_path, [5], tasks=("dance",), progress=False)
+
+
+def test_conversations_ask_several_questions_with_the_video_first(clips):
+    lengths = set()
+    for clip in clips[:30]:
+        messages = world.conversation(clip, "clips/x.mp4")
+        roles = [message["role"] for message in messages]
+        assert roles == ["user", "assistant"] * (len(messages) // 2)
+        lengths.add(len(messages) // 2)
+        media = [(turn, part) for turn, message in enumerate(messages) for part in message["content"]
+                 if part["type"] != "text"]
+        assert media == [(0, {"type": "video", "path": "clips/x.mp4"})]
+        answers = {qa.question: qa.answer for qa in world.questions(clip)}
+        asked = [message["content"][0]["text"] for message in messages[::2]]
+        assert len(set(asked)) == len(asked)
+        assert [message["content"][0]["text"] for message in messages[1::2]] == [answers[q] for q in asked]
+    assert lengths == set(range(world.CONVERSATION_TURNS[0], world.CONVERSATION_TURNS[1] + 1))
+    assert world.conversation(clips[0], "a.mp4") == world.conversation(clips[0], "a.mp4")
+
+
+def test_opt_in_tasks_write_conversations_and_unconditional_stills(tmp_path):
+    manifest = world.write_world_dataset(tmp_path, [5], tasks=("video_conversation", "unconditional"), progress=False)
+    records = {record.task: record for record in read_manifest(manifest)}
+    assert set(records) == {"video_conversation", "unconditional"}
+    assert records["unconditional"].data["direction"] == "unconditional"
+    assert records["unconditional"].data["image"] == str(tmp_path / world.clip_files(5)["image"])
+    first_turn = records["video_conversation"].data["messages"][0]["content"]
+    assert first_turn[1] == {"type": "video", "path": str(tmp_path / world.clip_files(5)["video"])}
 
 
 def test_world_dataset_is_the_same_with_parallel_workers(tmp_path):

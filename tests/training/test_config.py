@@ -74,4 +74,4 @@ def test_the_bundled_recipe_exports_a_whole_model_folder():
     config = load_config("configs/train/bundled.yaml")
     assert (config.processor.tokenizer, config.processor.vqgan) == ("runs/bundled/text-tokenizer", "runs/bundled/vqgan")
     # every task `lwm data world` writes, needles included
-    assert config.model.name_or_path == "world" and set(config.data.mixture) == set(world.TASKS) | {"needle"}
+    assert config.model.name_or_path == "world" and set(config.data.mixture) == set(world.DEFAULT_TASKS) | {"needle"}
