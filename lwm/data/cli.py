@@ -59,6 +59,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     world.add_argument("--needle-chars", type=int, nargs=2, default=(200, 12000), metavar=("SHORTEST", "LONGEST"),
                        help="haystack lengths in characters, drawn uniformly (default: 200 12000; the world's text "
                             "tokenizer makes about 4.9 characters a token)")
+    world.add_argument("--needle-spread", choices=["uniform", "log"], default="uniform",
+                       help="how haystack lengths are drawn between SHORTEST and LONGEST: uniformly (default) or "
+                            "log-uniformly, which gives short haystacks, where the copy is learnt first, a larger share")
     world.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -97,7 +100,8 @@ def _run_world(args: argparse.Namespace) -> int:
     try:
         manifest = write_world_dataset(args.out, split_seeds(args.split, args.clips), fps=args.fps,
                                        tasks=tuple(args.tasks or DEFAULT_TASKS), progress=not args.no_progress,
-                                       workers=args.workers, needles=args.needles, needle_chars=tuple(args.needle_chars))
+                                       workers=args.workers, needles=args.needles, needle_chars=tuple(args.needle_chars),
+                                       needle_spread=args.needle_spread)
     except ValueError as error:
         print(f"lwm data world: {error}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -707,7 +708,8 @@ def world_records(clip: Clip, files: dict[str, str], tasks: tuple[str, ...] = DE
 
 def write_world_dataset(out_dir: str | Path, seeds, config: WorldConfig = WorldConfig(),
                         tasks: tuple[str, ...] = DEFAULT_TASKS, fps: float = 8.0, progress: bool = True,
-                        workers: int = 1, needles: int = 0, needle_chars: tuple[int, int] = (200, 12000)) -> Path:
+                        workers: int = 1, needles: int = 0, needle_chars: tuple[int, int] = (200, 12000),
+                        needle_spread: NeedleSpread = "uniform") -> Path:
     """Render the clips of `seeds` under `out_dir` with their files (see `clip_files`) and write
     `out_dir/manifest.jsonl`, one JSON record per line (see `world_records`); returns its path.
 
@@ -723,7 +725,7 @@ def write_world_dataset(out_dir: str | Path, seeds, config: WorldConfig = WorldC
     out_dir = Path(out_dir)
     for folder in ("clips", "images", "continuation"):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
-    needle_examples = needle_records(needles, needle_chars)  # first: bad settings fail before any rendering
+    needle_examples = needle_records(needles, needle_chars, needle_spread)  # first: bad settings fail before any rendering
     seeds = list(seeds)
     render_one = partial(_write_clip, out_dir=out_dir, config=config, tasks=tasks, fps=fps)
     manifest = out_dir / "manifest.jsonl"
@@ -737,18 +739,29 @@ def write_world_dataset(out_dir: str | Path, seeds, config: WorldConfig = WorldC
     return manifest
 
 
-def needle_records(count: int, chars: tuple[int, int], seeds: range | None = None) -> list[dict]:
+NeedleSpread = Literal["uniform", "log"]
+
+
+def needle_records(count: int, chars: tuple[int, int], spread: NeedleSpread = "uniform",
+                   seeds: range | None = None) -> list[dict]:
     """`count` needle-retrieval records (lwm.data.needle) at training seeds: one needle at a uniform depth
-    in a haystack of a uniform length in `chars` characters (the tokenizer does not exist yet when the
-    world is written; its tokens per character decide how long in tokens they come out)."""
+    in a haystack whose length in characters is drawn from `chars` uniformly or log-uniformly (`spread`;
+    "log" gives the short haystacks, where a model first learns to copy, a larger share). The tokenizer
+    does not exist yet when the world is written; its tokens per character decide the lengths in tokens."""
     low, high = chars
     if count < 0 or not 0 < low <= high:
         raise ValueError(f"need count >= 0 and 0 < shortest <= longest haystack, got {count} and {chars}")
+    if spread not in ("uniform", "log"):
+        raise ValueError(f"needle spread must be 'uniform' or 'log', got {spread!r}")
     seeds = split_seeds("train", count) if seeds is None else seeds
     records = []
     for seed in seeds:
         rng = np.random.default_rng([seed, 7])
-        example = needle.make_example(int(rng.integers(low, high + 1)), float(rng.uniform()), seed)
+        if spread == "uniform":
+            length = int(rng.integers(low, high + 1))
+        else:
+            length = int(np.exp(rng.uniform(np.log(low), np.log(high))))
+        example = needle.make_example(length, float(rng.uniform()), seed)
         records.append(example.to_record())
     return records
 

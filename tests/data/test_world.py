@@ -307,3 +307,16 @@ def test_needle_records_train_the_layout_the_needle_eval_asks(tmp_path):
     assert len(set(lengths)) > 1
     with pytest.raises(ValueError, match="haystack"):
         world.needle_records(2, (0, 10))
+
+
+def test_log_spread_needles_give_short_haystacks_a_larger_share():
+    def lengths(spread):
+        records = world.needle_records(400, (100, 10000), spread)
+        return np.array([len(r["messages"][0]["content"][0]["text"]) for r in records])
+
+    uniform, log = lengths("uniform"), lengths("log")
+    assert uniform.max() > 8000 and log.max() > 6000  # both reach the long end
+    assert (uniform < 1000).mean() < 0.15 < 0.4 < (log < 1000).mean()  # expected 9% and 50%
+    assert np.array_equal(lengths("uniform"), uniform)
+    with pytest.raises(ValueError, match="spread"):
+        world.needle_records(2, (100, 200), "normal")
