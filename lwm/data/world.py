@@ -654,8 +654,8 @@ def conversation(clip: Clip, video: str) -> list[dict]:
     """A chat about the clip: `CONVERSATION_TURNS` of its questions in an order drawn from its seed, the
     video attached after the first (as `lwm chat` sends it), later questions relying on the history."""
     rng = _language_rng(clip, 3)
-    qas = questions(clip)
-    turns = min(len(qas), int(rng.integers(CONVERSATION_TURNS[0], CONVERSATION_TURNS[1] + 1)))
+    qas = questions(clip)  # at least 6: the count and 5 about each object
+    turns = int(rng.integers(CONVERSATION_TURNS[0], CONVERSATION_TURNS[1] + 1))
     messages = []
     for number, index in enumerate(rng.permutation(len(qas))[:turns]):
         content = [{"type": "text", "text": qas[index].question}]
