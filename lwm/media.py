@@ -329,7 +329,7 @@ def preprocess(frames: np.ndarray, resolution: int) -> torch.Tensor:
     height, width = frames.shape[1:3]
     if (height, width) != (resolution, resolution):
         frames = np.stack([_resize_and_crop(frame, resolution) for frame in frames])
-    pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    pixels = torch.from_numpy(frames.astype(np.float32)).permute(0, 3, 1, 2)  # a copy: decoded frames are read-only
     return pixels / 127.5 - 1.0
 
 
