@@ -57,7 +57,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="also write this many needle-retrieval records (a number hidden in filler text, then "
                             "asked for; training seeds) (default: 0)")
     world.add_argument("--needle-chars", type=int, nargs=2, default=(200, 12000), metavar=("SHORTEST", "LONGEST"),
-                       help="haystack lengths in characters, drawn uniformly (default: 200 12000; the world's text "
+                       help="haystack lengths in characters, drawn as --needle-spread says (default: 200 12000; the world's text "
                             "tokenizer makes about 4.9 characters a token)")
     world.add_argument("--needle-spread", choices=["uniform", "log"], default="uniform",
                        help="how haystack lengths are drawn between SHORTEST and LONGEST: uniformly (default) or "
