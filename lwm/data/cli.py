@@ -57,11 +57,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="also write this many needle-retrieval records (a number hidden in filler text, then "
                             "asked for; training seeds) (default: 0)")
     world.add_argument("--needle-chars", type=int, nargs=2, default=(200, 12000), metavar=("SHORTEST", "LONGEST"),
-                       help="haystack lengths in characters, drawn as --needle-spread says (default: 200 12000; the world's text "
-                            "tokenizer makes about 4.9 characters a token)")
+                       help="haystack lengths in characters, drawn as --needle-spread says (default: 200 12000; "
+                            "the world's text tokenizer makes about 4.9 characters a token)")
     world.add_argument("--needle-spread", choices=["uniform", "log"], default="uniform",
                        help="how haystack lengths are drawn between SHORTEST and LONGEST: uniformly (default) or "
-                            "log-uniformly, which gives short haystacks, where the copy is learnt first, a larger share")
+                            "log-uniformly, which gives short haystacks, where the copy is learnt first, a larger "
+                            "share")
     world.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -100,8 +101,8 @@ def _run_world(args: argparse.Namespace) -> int:
     try:
         manifest = write_world_dataset(args.out, split_seeds(args.split, args.clips), fps=args.fps,
                                        tasks=tuple(args.tasks or DEFAULT_TASKS), progress=not args.no_progress,
-                                       workers=args.workers, needles=args.needles, needle_chars=tuple(args.needle_chars),
-                                       needle_spread=args.needle_spread)
+                                       workers=args.workers, needles=args.needles,
+                                       needle_chars=tuple(args.needle_chars), needle_spread=args.needle_spread)
     except ValueError as error:
         print(f"lwm data world: {error}", file=sys.stderr)
         return 2

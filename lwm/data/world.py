@@ -725,7 +725,8 @@ def write_world_dataset(out_dir: str | Path, seeds, config: WorldConfig = WorldC
     out_dir = Path(out_dir)
     for folder in ("clips", "images", "continuation"):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
-    needle_examples = needle_records(needles, needle_chars, needle_spread)  # first: bad settings fail before any rendering
+    # first: bad settings fail before any rendering
+    needle_examples = needle_records(needles, needle_chars, needle_spread)
     seeds = list(seeds)
     render_one = partial(_write_clip, out_dir=out_dir, config=config, tasks=tasks, fps=fps)
     manifest = out_dir / "manifest.jsonl"
