@@ -656,13 +656,18 @@ def conversation(clip: Clip, video: str) -> list[dict]:
     rng = _language_rng(clip, 3)
     qas = questions(clip)  # at least 6: the count and 5 about each object
     turns = int(rng.integers(CONVERSATION_TURNS[0], CONVERSATION_TURNS[1] + 1))
+    return _qa_chat([qas[index] for index in rng.permutation(len(qas))[:turns]], video)
+
+
+def _qa_chat(qas: list[QA], video: str) -> list[dict]:
+    """Each question a user turn and its answer an assistant turn; the video follows the first question."""
     messages = []
-    for number, index in enumerate(rng.permutation(len(qas))[:turns]):
-        content = [{"type": "text", "text": qas[index].question}]
+    for number, qa in enumerate(qas):
+        content = [{"type": "text", "text": qa.question}]
         if number == 0:
             content.append({"type": "video", "path": video})
         messages += [{"role": "user", "content": content},
-                     {"role": "assistant", "content": [{"type": "text", "text": qas[index].answer}]}]
+                     {"role": "assistant", "content": [{"type": "text", "text": qa.answer}]}]
     return messages
 
 
@@ -680,11 +685,7 @@ def world_records(clip: Clip, files: dict[str, str], tasks: tuple[str, ...] = DE
                         "direction": "understanding"})
     if "video_qa" in tasks:
         for qa in questions(clip):
-            records.append({"messages": [
-                {"role": "user", "content": [{"type": "text", "text": qa.question},
-                                             {"type": "video", "path": files["video"]}]},
-                {"role": "assistant", "content": [{"type": "text", "text": qa.answer}]},
-            ], "task": "video_qa"})
+            records.append({"messages": _qa_chat([qa], files["video"]), "task": "video_qa"})
     if "video_conversation" in tasks:
         records.append({"messages": conversation(clip, files["video"]), "task": "video_conversation"})
     if "image_text" in tasks:

@@ -44,10 +44,11 @@ def test_lwm_data_world_writes_needles_and_refuses_bad_settings(tmp_path, capsys
     assert "haystack" in capsys.readouterr().err
 
 
-def test_lwm_data_world_help_names_every_task(capsys):
-    from lwm.data.world import TASKS
+def test_lwm_data_world_help_names_every_task_and_the_defaults(capsys):
+    from lwm.data.world import DEFAULT_TASKS, TASKS
 
     with pytest.raises(SystemExit):
         main(["data", "world", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert all(task in help_text for task in TASKS)
+    assert f"default: the bundled model's {' '.join(DEFAULT_TASKS)};" in help_text
