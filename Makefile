@@ -34,7 +34,7 @@ LWM := $(VENV)/bin/lwm
 # on one GPU, days on 2 CPU cores). Each intermediate is a file target, so an
 # interrupted `make bundled` redoes only what is missing. WORKERS processes render and tokenize; DEVICE
 # runs the VQGAN while tokenizing (the trainers take the GPU by themselves when there is one);
-# TRAIN_ARGS are `lwm train` overrides (key=value); the model goes to BUNDLED.
+# TRAIN_ARGS are `lwm train` overrides (key=value) of configs/train/bundled.yaml; the model goes to BUNDLED.
 WORKERS    ?= 2
 DEVICE     ?= cpu
 TRAIN_ARGS ?=
@@ -52,15 +52,31 @@ $(RUN)/vqgan/model.safetensors: $(RUN)/world/manifest.jsonl
 		--frames-per-clip 2 --lr 5e-4 --l2-weight 1.0 --num-workers $(WORKERS) --log-every 50 --eval-every 1000 \
 		--save-every 1000 --eval-frames 512
 
-$(RUN)/tokens/index.json: $(RUN)/world/manifest.jsonl $(RUN)/text-tokenizer/tokenizer.model $(RUN)/vqgan/model.safetensors
-	$(LWM) data tokenize $< --out $(RUN)/tokens --tokenizer $(RUN)/text-tokenizer --vqgan $(RUN)/vqgan \
-		--max-frames 4 --max-length 2560 --workers $(WORKERS) --device $(DEVICE)
+# The needle curriculum of configs/train/bundled-needles.yaml: short haystacks, then log-uniform ones up to
+# the trained length, each beside 2000 of the training clips replayed.
+$(RUN)/needles-short/manifest.jsonl: | install
+	$(LWM) data world $(RUN)/needles-short --clips 2000 --needles 20000 --needle-chars 80 400 --workers $(WORKERS)
 
-bundled-data: $(RUN)/tokens/index.json
+$(RUN)/needles-long/manifest.jsonl: | install
+	$(LWM) data world $(RUN)/needles-long --clips 2000 --needles 20000 --needle-chars 80 12000 --needle-spread log \
+		--workers $(WORKERS)
+
+TOKENIZE_DEPS := $(RUN)/text-tokenizer/tokenizer.model $(RUN)/vqgan/model.safetensors
+TOKENIZE = $(LWM) data tokenize $< --out $(@D) --tokenizer $(RUN)/text-tokenizer --vqgan $(RUN)/vqgan \
+	--max-frames 4 --max-length 2560 --workers $(WORKERS) --device $(DEVICE)
+
+$(RUN)/tokens/index.json: $(RUN)/world/manifest.jsonl $(TOKENIZE_DEPS)
+	$(TOKENIZE)
+
+$(RUN)/needles-%-tokens/index.json: $(RUN)/needles-%/manifest.jsonl $(TOKENIZE_DEPS)
+	$(TOKENIZE)
+
+bundled-data: $(RUN)/tokens/index.json $(RUN)/needles-short-tokens/index.json $(RUN)/needles-long-tokens/index.json
 
 bundled: bundled-data
 	$(LWM) train configs/train/bundled.yaml $(TRAIN_ARGS)
-	$(LWM) train configs/train/bundled.yaml $(TRAIN_ARGS) --export-only --export-dir $(BUNDLED)
+	$(LWM) train configs/train/bundled-needles.yaml
+	$(LWM) train configs/train/bundled-needles.yaml --export-only --export-dir $(BUNDLED)
 	cp configs/eval/bundled-bars.json $(BUNDLED)/eval_bars.json
 
 clean:

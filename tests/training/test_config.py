@@ -2,6 +2,7 @@
 
 import json
 import math
+import subprocess
 
 import pytest
 
@@ -75,3 +76,18 @@ def test_the_bundled_recipe_exports_a_whole_model_folder():
     assert (config.processor.tokenizer, config.processor.vqgan) == ("runs/bundled/text-tokenizer", "runs/bundled/vqgan")
     # every task `lwm data world` writes, needles included
     assert config.model.name_or_path == "world" and set(config.data.mixture) == set(world.DEFAULT_TASKS) | {"needle"}
+
+
+def test_the_needle_curriculum_continues_the_bundled_recipe_on_the_makefiles_data():
+    base = load_config("configs/train/bundled.yaml")
+    config = load_config("configs/train/bundled-needles.yaml")
+    assert config.model.name_or_path == f"{base.output_dir}/pretrained/stage0"
+    assert config.processor == base.processor
+    recipe = subprocess.run(["make", "-n", "-B", "bundled-data", "LWM=lwm"], capture_output=True, text=True, check=True)
+    short, long_ = config.stages
+    assert long_.data is None  # the top-level data: log-uniform haystacks beside the world's tasks replayed
+    assert short.data.mixture == {"needle": 1.0}
+    assert set(config.data.mixture) == set(world.DEFAULT_TASKS) | {"needle"}
+    for data in (short.data, config.data):
+        assert f"--out {data.path} " in recipe.stdout
+    assert long_.seq_len == base.stages[0].seq_len
