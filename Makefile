@@ -5,18 +5,18 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: install chat test test-slow bundled bundled-data clean
+.PHONY: install chat test test-slow constraints bundled bundled-data clean
 
 install: $(STAMP)
 
 # The stamp makes `make install` idempotent: it re-runs only when the package metadata changes.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH) setuptools wheel
 	# DeepSpeed is built here with its shared-memory op, or its first distributed run compiles it (~40 s).
-	DS_BUILD_SHM_COMM=1 $(PY) -m pip install --quiet --no-cache-dir --no-build-isolation deepspeed
-	$(PY) -m pip install --quiet -e ".[dev,train,serve]"
+	DS_BUILD_SHM_COMM=1 $(PY) -m pip install --quiet --no-cache-dir --no-build-isolation -c constraints.txt deepspeed
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,train,serve]"
 	touch $(STAMP)
 
 chat: install
@@ -27,6 +27,11 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -m slow
+
+# Pins what the venv holds now (run after `make test` passes on newer versions).
+constraints: install
+	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^torch=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 LWM := $(VENV)/bin/lwm
 

@@ -220,7 +220,7 @@ def generate_sharded(
             out = model(
                 input_ids=shard_sequence(prefill, 1, group=group, layout=layout),
                 position_ids=shard_positions(prefill_len, group=group, layout=layout, device=input_ids.device)[None],
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -250,7 +250,7 @@ def generate_sharded(
 def _decode_step(model, token: torch.LongTensor, cache: ShardedCache, group) -> torch.Tensor:
     position = torch.full_like(token, cache.get_seq_length())
     with sequence_parallel(group, decoding=True):
-        out = model(input_ids=token, position_ids=position, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=token, position_ids=position, cache=cache, use_cache=True, logits_to_keep=1)
     return out.logits[:, -1].float()
 
 

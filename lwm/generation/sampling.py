@@ -185,7 +185,7 @@ def iter_tokens(
             branches, mask, step_ids = 1, mask[:batch], step_ids[:batch]
         warpers = sampling.warpers()
         for _ in range(num_tokens):
-            output = model(step_ids, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            output = model(step_ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
             logits = output.logits[:, -1].float()
             if branches == 2:
                 logits = guide(logits[:batch], logits[batch:], sampling.guidance_scale)

@@ -29,6 +29,9 @@ from lwm.model.configuration_lwm import LWMConfig
 
 IGNORE_INDEX = -100
 _SEGMENT_BACKENDS = ("blockwise", "ring")
+# transformers 5.24 renamed the KV cache argument and output field `past_key_values` to `cache`;
+# the layers and generate() use whichever name the installed version knows.
+CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 @dataclass
@@ -43,7 +46,7 @@ class LWMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["LlamaDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_NAME]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
@@ -86,6 +89,7 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         segment_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
@@ -104,6 +108,8 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
         loss_weights: per-target weights aligned with labels / shift_labels (packing uses them).
         loss_denominators: (text, vision) totals to divide by instead of this call's own weight
             sums, so shards of one batch add up to the loss of the whole batch.
+        cache: the KV cache to read and extend (`past_key_values`, its name before transformers
+            5.24, is accepted too).
         segment_ids: [batch, past + seq] document ids; positions attend only within their
             document. A 2-D attention_mask (padding) is treated as segments {0: pad, 1: tokens}.
         """
@@ -112,9 +118,10 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
         hidden = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         batch, seq = hidden.shape[:2]
 
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        cache = past_key_values if cache is None else cache
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past = cache.get_seq_length() if cache is not None else 0
         segments = _segments(segment_ids, attention_mask, batch, past + seq)
         if position_ids is None:
             position_ids = _positions(segments, attention_mask, past, seq, hidden.device)
@@ -126,8 +133,8 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
                 hidden,
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
+                **{CACHE_NAME: cache},
                 **attention_inputs,
                 **kwargs,
             )
@@ -148,8 +155,8 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
         return LWMCausalLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=past_key_values,
             text_loss=text_loss,
+            **{CACHE_NAME: cache},
             vision_loss=vision_loss,
         )
 

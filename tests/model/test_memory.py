@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from transformers.cache_utils import DynamicCache
 
 from lwm.model import LWMConfig, LWMForCausalLM
 from lwm.model.memory import GIB, fit, memory_needs, memory_table
@@ -14,8 +15,9 @@ def test_counts_match_a_real_model_and_its_cache():
     assert needs.parameters == sum(p.numel() for p in model.parameters())
     assert needs.weight_bytes == sum(p.numel() * p.element_size() for p in model.parameters())
     tokens = 10
+    cache = DynamicCache(config=config)
     with torch.no_grad():
-        cache = model(input_ids=torch.randint(0, config.vocab_size, (1, tokens)), use_cache=True).past_key_values
+        model(input_ids=torch.randint(0, config.vocab_size, (1, tokens)), cache=cache, use_cache=True)
     cached = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
     assert needs.kv_bytes_per_token * tokens == cached
 

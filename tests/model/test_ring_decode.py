@@ -39,12 +39,12 @@ def sampling_processors():
 @torch.no_grad()
 def sample_single_process(model, input_ids, seed):
     cache, sequence, generator = DynamicCache(), input_ids, torch.Generator().manual_seed(seed)
-    logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits[:, -1]
+    logits = model(input_ids=input_ids, cache=cache, use_cache=True).logits[:, -1]
     for _ in range(NEW_TOKENS):
         scores = sampling_processors()(sequence, logits.float())
         token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)
         sequence = torch.cat([sequence, token], dim=1)
-        logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1]
+        logits = model(input_ids=token, cache=cache, use_cache=True).logits[:, -1]
     return sequence
 
 
@@ -71,10 +71,10 @@ def check_cache_is_sharded(rank, world):
     input_ids = prompt(8, seed=0)
     with torch.no_grad(), sequence_parallel(layout="contiguous"):
         model(input_ids=input_ids[:, rank * 4 : rank * 4 + 4], position_ids=torch.arange(rank * 4, rank * 4 + 4)[None],
-              past_key_values=cache, use_cache=True)
+              cache=cache, use_cache=True)
     with torch.no_grad(), sequence_parallel(decoding=True):
         for step in range(3):
-            model(input_ids=input_ids[:, :1], position_ids=torch.tensor([[8 + step]]), past_key_values=cache, use_cache=True)
+            model(input_ids=input_ids[:, :1], position_ids=torch.tensor([[8 + step]]), cache=cache, use_cache=True)
     held = torch.tensor([cache.layers[0].keys.shape[2]])
     dist.all_reduce(held)
     assert cache.get_seq_length() == 11 and held.item() == 11  # every cached token lives on exactly one rank
