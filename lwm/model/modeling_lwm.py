@@ -156,8 +156,8 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
             loss=loss,
             logits=logits,
             text_loss=text_loss,
-            **{CACHE_NAME: cache},
             vision_loss=vision_loss,
+            **{CACHE_NAME: cache},
         )
 
     def _attention_inputs(self, segments, attention_mask, position_ids, past, seq, device) -> dict:

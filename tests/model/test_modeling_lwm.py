@@ -4,6 +4,7 @@ import warnings
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers.cache_utils import DynamicCache
 
 from lwm.model import LWMConfig, LWMForCausalLM, lwm_loss
 
@@ -127,6 +128,17 @@ def test_greedy_generate_with_cache_equals_recomputation():
         next_id = model(ids).logits[:, -1].argmax(-1, keepdim=True)
         ids = torch.cat([ids, next_id], dim=1)
     assert torch.equal(generated, ids)
+
+
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])  # the names after and before transformers 5.24
+def test_a_cache_passed_under_either_name_continues_the_sequence(name):
+    model = tiny_model("sdpa")
+    ids = multimodal_ids(model.config, 1, 9)
+    cache = DynamicCache(config=model.config)
+    model(ids[:, :8], use_cache=True, **{name: cache})
+    step = model(ids[:, 8:], use_cache=True, **{name: cache}).logits[:, -1]
+    assert cache.get_seq_length() == 9
+    torch.testing.assert_close(step, model(ids).logits[:, -1], atol=1e-5, rtol=0)
 
 
 def test_left_padded_generation_matches_unpadded():
