@@ -226,7 +226,8 @@ def test_random_model_runs_end_to_end_and_fails_its_bars(tiny_model_folder, tmp_
     try:
         code = lwm_main(["eval", "--model", str(tiny_model_folder), "--out", str(tmp_path), "--quick", "--seeds", "1",
                          "--video-frames", "2", "--trained-length", "160",
-                         "--bar", "text_to_video.accuracy>=0.5", "--bar", "tokenizer.psnr>=0"])
+                         "--bar", "text_to_video.accuracy>=0.5", "--bar", "tokenizer.psnr>=0",
+                         "--bar", "needle.accuracy@1x>=0.5"])
     finally:
         (tiny_model_folder / bars.BARS_FILE).unlink()
     assert code == 1
@@ -236,8 +237,9 @@ def test_random_model_runs_end_to_end_and_fails_its_bars(tiny_model_folder, tmp_
     assert result["tasks_run"] == ["video_qa", "caption", "text_to_image", "text_to_video", "continuation",
                                    "tokenizer", "needle"]
     verdicts = {v["metric"]: v["passed"] for v in result["bars"]}
-    assert verdicts == {"text_to_video.accuracy": False, "tokenizer.psnr": True, "video_qa.accuracy": False}
-    assert result["metrics"]["video_qa.accuracy"] < 0.5
+    assert verdicts == {"text_to_video.accuracy": False, "tokenizer.psnr": True, "video_qa.accuracy": False,
+                        "needle.accuracy@1x": False}
+    assert result["metrics"]["video_qa.accuracy"] < 0.5 and result["metrics"]["needle.accuracy@1x"] == 0
     assert result["tasks"]["video_qa"]["seeds"] == [world.split_seeds("held_out")[0]]
     assert result["tasks"]["video_qa"]["questions"] == len(world.questions(world.generate_clip(result["tasks"]["video_qa"]["seeds"][0])))
     for picture in ("text_to_image.png", "text_to_video.png", "continuation.png", "needle_heatmap.png"):

@@ -1,5 +1,6 @@
 """Training configs: YAML onto dataclasses, typed overrides, the learning-rate schedule, DeepSpeed settings."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -84,10 +85,11 @@ def test_the_needle_curriculum_continues_the_bundled_recipe_on_the_makefiles_dat
     assert config.model.name_or_path == f"{base.output_dir}/pretrained/stage0"
     assert config.processor == base.processor
     recipe = subprocess.run(["make", "-n", "-B", "bundled-data", "LWM=lwm"], capture_output=True, text=True, check=True)
-    short, long_ = config.stages
+    short, long_, again = config.stages
     assert long_.data is None  # the top-level data: log-uniform haystacks beside the world's tasks replayed
+    assert again.data == dataclasses.replace(config.data, seed=again.data.seed) and again.data.seed != config.data.seed
     assert short.data.mixture == {"needle": 1.0}
     assert set(config.data.mixture) == set(world.DEFAULT_TASKS) | {"needle"}
     for data in (short.data, config.data):
         assert f"--out {data.path} " in recipe.stdout
-    assert long_.seq_len == base.stages[0].seq_len
+    assert long_.seq_len == again.seq_len == base.stages[0].seq_len
