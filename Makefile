@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 
 install: $(STAMP)
 
-# The stamp makes `make install` idempotent: it re-runs only when the package metadata changes.
+# The stamp makes `make install` idempotent: it re-runs only when the package metadata or the pinned versions change.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
