@@ -6,11 +6,18 @@ The bars are regression guards set below what the bundled model measures on the 
 """
 
 import json
+from pathlib import Path
 
 import pytest
 
 from lwm.api import BUNDLED_DIR
 from lwm.cli import main
+
+
+def test_the_shipped_bars_are_the_recipes():
+    """`make bundled` copies configs/eval/bundled-bars.json into the export; the shipped file must not drift."""
+    recipe = json.loads(Path("configs/eval/bundled-bars.json").read_text())
+    assert json.loads((BUNDLED_DIR / "eval_bars.json").read_text()) == recipe
 
 
 @pytest.mark.skipif(not (BUNDLED_DIR / "config.json").is_file(), reason="no bundled model in this checkout")
