@@ -1,4 +1,5 @@
-"""Reconstruction metrics for the vision tokenizer: PSNR, SSIM, codebook usage and perplexity.
+"""Reconstruction metrics for the vision tokenizer: PSNR, SSIM, codebook usage and perplexity, and
+for clips the temporal stability of the codes.
 
 Pixels are `[N, 3, H, W]` tensors in [-1, 1] (the VQGAN's range); PSNR and SSIM are reported on the
 usual 8-bit scale (peak 255), i.e. after mapping [-1, 1] onto [0, 255].
@@ -10,6 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from tqdm import tqdm
 
 
@@ -54,9 +56,32 @@ def codebook_usage(codes: torch.Tensor, codebook_size: int) -> tuple[float, floa
     return (counts > 0).double().mean().item(), math.exp(-(probs * probs.log()).sum().item())
 
 
+def code_stability(codes: torch.Tensor, pixels: torch.Tensor, clip_lengths: list[int]) -> float | None:
+    """Of the patches whose pixels did not change since the previous frame of their clip, the fraction
+    that kept their code.
+
+    codes `[N, h, w]` and pixels `[N, 3, H, W]` are the frames of consecutive clips of `clip_lengths`
+    frames, in order. Codes that depend only on what their patch shows score 1. A tokenizer whose codes
+    also carry the rest of the frame scores less, and its unchanged background becomes, for a model
+    drawing the next frame, codes to guess. None when no patch stayed the same.
+    """
+    if sum(clip_lengths) != len(codes) or len(codes) != len(pixels):
+        raise ValueError(f"clip lengths {clip_lengths} do not add up to the {len(codes)} frames of codes "
+                         f"and the {len(pixels)} of pixels")
+    patch = pixels.shape[-1] // codes.shape[-1]
+    patches = rearrange(pixels, "n c (h p) (w q) -> n h w (c p q)", p=patch, q=patch)
+    unchanged = (patches[1:] == patches[:-1]).all(-1)
+    kept = codes[1:] == codes[:-1]
+    clip_starts = torch.tensor(clip_lengths).cumsum(0)[:-1]
+    unchanged[clip_starts - 1] = False  # the first frame of a clip has no previous frame
+    return kept[unchanged].double().mean().item() if unchanged.any() else None
+
+
 @torch.no_grad()
-def evaluate_reconstruction(model, pixels: torch.Tensor, batch_size: int = 32, progress: bool = False) -> dict:
-    """Encode and decode `pixels` `[N, 3, H, W]` with a VQGAN; return PSNR, SSIM, usage and perplexity.
+def evaluate_reconstruction(model, pixels: torch.Tensor, batch_size: int = 32, progress: bool = False,
+                            clip_lengths: list[int] | None = None) -> dict:
+    """Encode and decode `pixels` `[N, 3, H, W]` with a VQGAN; return PSNR, SSIM, usage and perplexity,
+    and, when the frames are clips of `clip_lengths` frames, the codes' stability (`code_stability`).
 
     SSIM needs frames at least as large as its 11-pixel window; smaller ones (test-sized VQGANs) get None.
     """
@@ -71,13 +96,16 @@ def evaluate_reconstruction(model, pixels: torch.Tensor, batch_size: int = 32, p
     model.train(was_training)
     codes, reconstruction = torch.cat(codes), torch.cat(reconstructions)
     usage, perplexity = codebook_usage(codes, model.codebook_size)
-    return {
+    metrics = {
         "frames": len(pixels),
         "psnr": psnr(pixels, reconstruction),
         "ssim": ssim(pixels, reconstruction) if min(pixels.shape[-2:]) >= SSIM_WINDOW else None,
         "codebook_usage": usage,
         "perplexity": perplexity,
     }
+    if clip_lengths is not None:
+        metrics["code_stability"] = code_stability(codes, pixels, clip_lengths)
+    return metrics
 
 
 def format_metrics(metrics: dict) -> str:

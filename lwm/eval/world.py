@@ -251,14 +251,16 @@ def evaluate_continuation(subject: Subject, clips: list[world.Clip], config: Wor
 
 
 def evaluate_tokenizer(vqgan, clips: list[world.Clip], batch_size: int = 32, progress: bool = False) -> TaskResult:
-    """Reconstruction of every frame of the clips, resized to the VQGAN's resolution as the processor does.
+    """Reconstruction of every frame of the clips, resized to the VQGAN's resolution as the processor does,
+    and how stable the codes are from frame to frame where nothing moved (`code_stability`).
 
     SSIM needs frames at least as large as its window; for smaller ones (test-sized VQGANs) the report
     leaves it out.
     """
     pixels = torch.cat([media.preprocess(clip.frames, vqgan.config.resolution) for clip in clips])
-    measured = evaluate_reconstruction(vqgan, pixels, batch_size, progress)
-    metrics = {key: measured[key] for key in ("psnr", "codebook_usage", "perplexity", "ssim") if measured[key] is not None}
+    measured = evaluate_reconstruction(vqgan, pixels, batch_size, progress, [clip.n_frames for clip in clips])
+    metrics = {key: measured[key] for key in ("psnr", "codebook_usage", "perplexity", "ssim", "code_stability")
+               if measured[key] is not None}
     return TaskResult({"metrics": metrics, "frames": len(pixels), "resolution": vqgan.config.resolution,
                        "seeds": [clip.seed for clip in clips]})
 

@@ -30,6 +30,10 @@ class VQGANConfig:
     embed_dim: int = 64
     norm_groups: int = 32
     norm_eps: float = 1e-6
+    # True: the encoder mixes nothing across patches (1x1 convolutions, 2x2 stride-2 downsampling,
+    # per-position LayerNorm for GroupNorm), so a code depends on its own patch alone and a patch that does
+    # not change keeps its code. LWM's encoder (False) sees most of a small frame from every code.
+    local_encoder: bool = False
 
     # quantizer: "vq" (vector-quantize-pytorch VectorQuantize), "fsq" or "lfq"
     quantizer: str = "vq"

@@ -4,6 +4,7 @@ The encoder and decoder are exactly LWM's (aMUSEd/MaskGIT VQGAN): ResNet blocks 
 swish, stride-2 convolutions after a bottom/right zero pad to downsample, nearest x2 + conv to
 upsample, 1x1 convolutions around the quantizer, and no attention. So the official weights load
 one-to-one (see `lwm.convert.vqgan_pickle`), and the same class, narrower, is what we train.
+`local_encoder` narrows what each code sees to its own patch (see `VQGANConfig`).
 
 The quantizer comes from vector-quantize-pytorch: `VectorQuantize` (Euclidean nearest neighbour,
 EMA codebook, k-means init, dead-code replacement), or FSQ / LFQ.
@@ -27,17 +28,37 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def _norm(channels: int, config: VQGANConfig) -> nn.GroupNorm:
+def _norm(channels: int, config: VQGANConfig, local: bool = False) -> nn.Module:
+    if local:
+        return ChannelNorm(channels, config.norm_eps)
     return nn.GroupNorm(config.norm_groups, channels, eps=config.norm_eps)
 
 
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each position of `[B, C, H, W]`: a normalisation that, unlike
+    GroupNorm's statistics over the whole frame, lets no patch depend on another."""
+
+    def __init__(self, channels: int, eps: float):
+        super().__init__(channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+
+
 class ResnetBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, config: VQGANConfig):
+    """local: 1x1 convolutions and per-position normalisation, so no position sees another."""
+
+    def __init__(self, in_channels: int, out_channels: int, config: VQGANConfig, local: bool = False):
         super().__init__()
-        self.norm1 = _norm(in_channels, config)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = _norm(out_channels, config)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        kernel_size = 1 if local else 3
+        self.norm1 = _norm(in_channels, config, local)
+        self.conv1 = _conv(in_channels, out_channels, kernel_size)
+        self.norm2 = _norm(out_channels, config, local)
+        self.conv2 = _conv(out_channels, out_channels, kernel_size)
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,19 +68,22 @@ class ResnetBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    def __init__(self, channels: int):
+    """local: a 2x2 stride-2 convolution, which tiles the input instead of overlapping neighbours."""
+
+    def __init__(self, channels: int, local: bool = False):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+        kernel_size = 2 if local else 3
+        self.conv = nn.Conv2d(channels, channels, kernel_size, stride=2)
+        self.pad = kernel_size - 2  # LWM's 3x3 pads bottom and right only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # LWM pads bottom and right only, then convolves with stride 2 and no padding
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
+        return self.conv(F.pad(x, (0, self.pad, 0, self.pad)))
 
 
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = _conv(channels, channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -68,10 +92,11 @@ class Upsample(nn.Module):
 class Level(nn.Module):
     """One resolution level: ResNet blocks, then an optional resampling."""
 
-    def __init__(self, in_channels, out_channels, num_blocks, resample: nn.Module | None, config: VQGANConfig):
+    def __init__(self, in_channels, out_channels, num_blocks, resample: nn.Module | None, config: VQGANConfig,
+                 local: bool = False):
         super().__init__()
         widths = [in_channels] + [out_channels] * num_blocks
-        self.block = nn.ModuleList(ResnetBlock(a, b, config) for a, b in zip(widths, widths[1:]))
+        self.block = nn.ModuleList(ResnetBlock(a, b, config, local) for a, b in zip(widths, widths[1:]))
         self.resample = resample if resample is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,20 +110,24 @@ class Encoder(nn.Module):
         super().__init__()
         widths = config.level_channels
         last = len(widths) - 1
-        self.conv_in = nn.Conv2d(config.in_channels, config.hidden_channels, 3, padding=1)
+        local = config.local_encoder
+        self.conv_in = _conv(config.in_channels, config.hidden_channels, 1 if local else 3)
         self.down = nn.ModuleList(
             Level(
                 config.hidden_channels if i == 0 else widths[i - 1],
                 widths[i],
                 config.num_res_blocks,
-                Downsample(widths[i]) if i < last else None,
+                Downsample(widths[i], local) if i < last else None,
                 config,
+                local,
             )
             for i in range(len(widths))
         )
-        self.mid = nn.ModuleList(ResnetBlock(widths[-1], widths[-1], config) for _ in range(config.num_res_blocks))
-        self.norm_out = _norm(widths[-1], config)
-        self.conv_out = nn.Conv2d(widths[-1], config.z_channels, 3, padding=1)
+        self.mid = nn.ModuleList(
+            ResnetBlock(widths[-1], widths[-1], config, local) for _ in range(config.num_res_blocks)
+        )
+        self.norm_out = _norm(widths[-1], config, local)
+        self.conv_out = _conv(widths[-1], config.z_channels, 1 if local else 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(x)
@@ -113,7 +142,7 @@ class Decoder(nn.Module):
     def __init__(self, config: VQGANConfig):
         super().__init__()
         widths = config.level_channels
-        self.conv_in = nn.Conv2d(config.z_channels, widths[-1], 3, padding=1)
+        self.conv_in = _conv(config.z_channels, widths[-1], 3)
         self.mid = nn.ModuleList(ResnetBlock(widths[-1], widths[-1], config) for _ in range(config.num_res_blocks))
         # `up[i]` is level i (as the encoder's `down[i]`); it runs from the last level to level 0
         self.up = nn.ModuleList(
@@ -127,7 +156,7 @@ class Decoder(nn.Module):
             for i in range(len(widths))
         )
         self.norm_out = _norm(widths[0], config)
-        self.conv_out = nn.Conv2d(widths[0], config.in_channels, 3, padding=1)
+        self.conv_out = _conv(widths[0], config.in_channels, 3)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(z)

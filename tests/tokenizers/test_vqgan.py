@@ -138,3 +138,26 @@ def test_alternative_quantizers(overrides, tmp_path):
     assert torch.allclose(model.decode(codes), expected, atol=1e-5)  # decode(encode(x)) == forward
     model.save_pretrained(tmp_path / "vq")
     assert torch.equal(VQGAN.from_pretrained(tmp_path / "vq").encode(x), codes)
+
+
+def _squares_at(*places: tuple[int, int, int], size: int = 32, patch: int = 2) -> torch.Tensor:
+    """A dark frame with bright squares of (row, column, side) in patches."""
+    frame = torch.full((1, 3, size, size), -1.0)
+    for row, column, side in places:
+        frame[..., row * patch:(row + side) * patch, column * patch:(column + side) * patch] = 1.0
+    return frame
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_a_local_encoder_keeps_the_latents_of_patches_that_did_not_change(local):
+    torch.manual_seed(0)
+    model = VQGAN(VQGANConfig.from_preset("tiny", local_encoder=local, kmeans_init=False)).eval()
+    with torch.no_grad():  # a square moves, a bigger one appears: the frame's statistics change too
+        before, after = model.encoder(_squares_at((3, 3, 1))), model.encoder(_squares_at((10, 12, 1), (6, 6, 3)))
+    background_in_both = torch.ones(16, 16, dtype=torch.bool)
+    background_in_both[3, 3] = background_in_both[10, 12] = False
+    background_in_both[6:9, 6:9] = False
+    unchanged = torch.isclose(before, after, atol=1e-6).all(1)[0]
+    # LWM's encoder sees the squares from patches around them and through GroupNorm; the local one does not
+    assert unchanged[background_in_both].all() == local
+    assert not unchanged[3, 3] and not unchanged[10, 12]

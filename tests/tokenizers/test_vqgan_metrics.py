@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lwm.eval.reconstruction import codebook_usage, evaluate_reconstruction, format_metrics, psnr, ssim
+from lwm.eval.reconstruction import code_stability, codebook_usage, evaluate_reconstruction, format_metrics, psnr, ssim
 
 
 def test_psnr_matches_its_definition_on_the_8_bit_scale():
@@ -65,3 +65,45 @@ def test_reconstruction_report_leaves_ssim_to_frames_that_fit_its_window(size, h
     assert metrics["psnr"] == math.inf and metrics["codebook_usage"] == 1.0 and metrics["frames"] == 3
     assert (metrics["ssim"] == pytest.approx(1.0)) if has_ssim else metrics["ssim"] is None
     assert ("SSIM n/a" in format_metrics(metrics)) != has_ssim
+
+
+def _clip_with_a_moving_square(frames: int = 3, size: int = 16) -> torch.Tensor:
+    """A dark frame with a bright 4x4 square moving 4 pixels right per frame: patch-aligned motion."""
+    pixels = torch.full((frames, 3, size, size), -1.0)
+    for t in range(frames):
+        pixels[t, :, 4:8, 4 * t:4 * t + 4] = 1.0
+    return pixels
+
+
+def _patch_codes(pixels: torch.Tensor, patch: int = 4) -> torch.Tensor:
+    """Codes that depend only on the patch: 1 where it holds the square, 0 elsewhere."""
+    return (pixels[:, 0].unfold(1, patch, patch).unfold(2, patch, patch).amax((-1, -2)) > 0).long()
+
+
+def test_codes_that_depend_only_on_their_patch_are_perfectly_stable():
+    pixels = _clip_with_a_moving_square()
+    assert code_stability(_patch_codes(pixels), pixels, [3]) == 1.0
+
+
+def test_codes_that_change_with_the_rest_of_the_frame_lose_stability():
+    pixels = _clip_with_a_moving_square()
+    codes = _patch_codes(pixels)
+    # codes that also say whether the square's column is left of the patch's: each frame, the column the
+    # square moves into flips that bit in every row
+    columns = torch.arange(4)
+    square_column = torch.arange(3)[:, None]
+    contextual = codes + 2 * (columns[None, :] > square_column).long()[:, None, :]
+    # per transition 14 of 16 patches keep their pixels (not the square's old and new place); 3 of them,
+    # the rest of the column the square moves into, change code
+    assert code_stability(contextual, pixels, [3]) == pytest.approx(22 / 28)
+
+
+def test_code_stability_does_not_compare_frames_across_clips():
+    pixels = _clip_with_a_moving_square()
+    codes = _patch_codes(pixels)
+    codes[2] = 5  # frame 2 begins a new clip: its codes may be anything
+    assert code_stability(codes, pixels, [2, 1]) == 1.0
+    assert code_stability(codes, pixels, [3]) < 1.0
+    assert code_stability(codes[:1], pixels[:1], [1]) is None  # no frame has a previous one
+    with pytest.raises(ValueError, match="do not add up"):
+        code_stability(codes, pixels, [2])
