@@ -30,16 +30,13 @@ WEIGHTS_NAME = "model.safetensors"
 
 def _norm(channels: int, config: VQGANConfig, local: bool = False) -> nn.Module:
     if local:
-        return ChannelNorm(channels, config.norm_eps)
+        return ChannelNorm(channels, eps=config.norm_eps)
     return nn.GroupNorm(config.norm_groups, channels, eps=config.norm_eps)
 
 
 class ChannelNorm(nn.LayerNorm):
     """LayerNorm over the channels of each position of `[B, C, H, W]`: a normalisation that, unlike
     GroupNorm's statistics over the whole frame, lets no patch depend on another."""
-
-    def __init__(self, channels: int, eps: float):
-        super().__init__(channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.movedim(1, -1)).movedim(-1, 1)
@@ -111,7 +108,8 @@ class Encoder(nn.Module):
         widths = config.level_channels
         last = len(widths) - 1
         local = config.local_encoder
-        self.conv_in = _conv(config.in_channels, config.hidden_channels, 1 if local else 3)
+        kernel_size = 1 if local else 3
+        self.conv_in = _conv(config.in_channels, config.hidden_channels, kernel_size)
         self.down = nn.ModuleList(
             Level(
                 config.hidden_channels if i == 0 else widths[i - 1],
@@ -127,7 +125,7 @@ class Encoder(nn.Module):
             ResnetBlock(widths[-1], widths[-1], config, local) for _ in range(config.num_res_blocks)
         )
         self.norm_out = _norm(widths[-1], config, local)
-        self.conv_out = _conv(widths[-1], config.z_channels, 1 if local else 3)
+        self.conv_out = _conv(widths[-1], config.z_channels, kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(x)

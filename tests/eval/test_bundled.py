@@ -6,7 +6,6 @@ The bars are regression guards set below what the bundled model measures on the 
 """
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +15,7 @@ from lwm.cli import main
 
 def test_the_shipped_bars_are_the_recipes():
     """`make bundled` copies configs/eval/bundled-bars.json into the export; the shipped file must not drift."""
-    recipe = json.loads(Path("configs/eval/bundled-bars.json").read_text())
+    recipe = json.loads((BUNDLED_DIR.parent / "configs" / "eval" / "bundled-bars.json").read_text())
     assert json.loads((BUNDLED_DIR / "eval_bars.json").read_text()) == recipe
 
 
