@@ -650,13 +650,18 @@ def still_frame(clip: Clip) -> int:
     return int(_language_rng(clip, 2).integers(clip.n_frames))
 
 
-def conversation(clip: Clip, video: str) -> list[dict]:
-    """A chat about the clip: `CONVERSATION_TURNS` of its questions in an order drawn from its seed, the
-    video attached after the first (as `lwm chat` sends it), later questions relying on the history."""
+def conversation_questions(clip: Clip) -> list[QA]:
+    """`CONVERSATION_TURNS` of the clip's questions in an order drawn from its seed."""
     rng = _language_rng(clip, 3)
     qas = questions(clip)  # at least 6: the count and 5 about each object
     turns = int(rng.integers(CONVERSATION_TURNS[0], CONVERSATION_TURNS[1] + 1))
-    return _qa_chat([qas[index] for index in rng.permutation(len(qas))[:turns]], video)
+    return [qas[index] for index in rng.permutation(len(qas))[:turns]]
+
+
+def conversation(clip: Clip, video: str) -> list[dict]:
+    """A chat about the clip: its `conversation_questions`, the video attached after the first (as
+    `lwm chat` sends it), later questions relying on the history."""
+    return _qa_chat(conversation_questions(clip), video)
 
 
 def _qa_chat(qas: list[QA], video: str) -> list[dict]:

@@ -49,10 +49,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from lwm.serve.chat_cli import add_model_arguments
 
     parser.description = (
-        "Evaluate a model on held-out seeds of the synthetic world (video QA by question type, captions, "
-        "text->image, text->video, continuation, tokenizer PSNR) and on needle retrieval at 1x, 2x, 4x the "
-        "trained length (with RoPE scaling, and across 2 ring ranks). Prints a table and writes OUT/report.json "
-        "and PNGs. Exits 1 if a score misses its bar."
+        "Evaluate a model on held-out seeds of the synthetic world (video QA by question type, questions in one "
+        "multi-turn chat, captions, text->image, text->video, continuation, tokenizer PSNR) and on needle "
+        "retrieval at 1x, 2x, 4x the trained length (with RoPE scaling, and across 2 ring ranks). Prints a table "
+        "and writes OUT/report.json and PNGs. Exits 1 if a score misses its bar."
     )
     add_model_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="where report.json and the PNGs go")

@@ -3,7 +3,10 @@
 Every score is computed from what the model actually produced, read by the world's own tools:
 
 - video QA: `world.questions(clip)` answered about the clip, scored by `judge.score_answer` (exact
-  answer words), per question type;
+  answer words), per question type, beside the accuracy of always giving a type's most common answer;
+- conversation: `world.conversation_questions(clip)` asked one after the other in one chat, the video
+  with the first and the model's own answers kept as the history (as `lwm chat` does for a multi-turn
+  model), scored like video QA for the first turn and for the later ones;
 - captions: "Describe the video." scored by `judge.score_caption` against the ground truth;
 - text -> image / text -> video: `world.image_prompt_for` / `world.prompt_for` of a held-out clip,
   the generated frames read back by the judge and checked for count, colour, shape, size and region
@@ -34,7 +37,8 @@ from lwm.data import judge, world
 from lwm.eval.reconstruction import evaluate_reconstruction
 from lwm.tokenizers.processing_lwm import CAPTION_REQUESTS
 
-WORLD_TASKS: tuple[str, ...] = ("video_qa", "caption", "text_to_image", "text_to_video", "continuation", "tokenizer")
+WORLD_TASKS: tuple[str, ...] = ("video_qa", "conversation", "caption", "text_to_image", "text_to_video", "continuation",
+                                "tokenizer")
 SAMPLES_KEPT = 4  # examples of prompts and outputs kept in the report per task
 
 
@@ -64,7 +68,11 @@ class WorldEvalConfig:
 class Subject(Protocol):
     """What the harness asks of a model. Frames are uint8 `[T, H, W, 3]`; images `[H, W, 3]`."""
 
-    def answer(self, frames: np.ndarray, questions: list[str], max_new_tokens: int) -> list[str]: ...
+    def answer(self, frames: np.ndarray, questions: list[str], max_new_tokens: int) -> list[str]:
+        """Each question asked alone about the video."""
+
+    def converse(self, frames: np.ndarray, questions: list[str], max_new_tokens: int) -> list[str]:
+        """The questions asked in turn in one chat, the video with the first."""
 
     def draw_image(self, prompt: str, seed: int) -> np.ndarray: ...
 
@@ -81,15 +89,26 @@ class LWMSubject:
         self.temperature = temperature
 
     def answer(self, frames: np.ndarray, questions: list[str], max_new_tokens: int) -> list[str]:
-        # As LWM.answer does, but the video is read and encoded once for all its questions.
-        sampled = self.lwm.load_media(frames, "video")
-        codes = self.lwm.processor.encode_media({"type": "video", "frames": sampled})
-        video = {"type": "video", "codes": codes}
+        video = self._encoded(frames)
         return [
             self.lwm.chat([{"role": "user", "content": [{"type": "text", "text": question}, video]}],
                           max_new_tokens=max_new_tokens)
             for question in questions
         ]
+
+    def converse(self, frames: np.ndarray, questions: list[str], max_new_tokens: int) -> list[str]:
+        messages, replies = [], []
+        for turn, question in enumerate(questions):
+            content = [{"type": "text", "text": question}] + ([self._encoded(frames)] if turn == 0 else [])
+            messages.append({"role": "user", "content": content})
+            replies.append(self.lwm.chat(messages, max_new_tokens=max_new_tokens))
+            messages.append({"role": "assistant", "content": replies[-1]})
+        return replies
+
+    def _encoded(self, frames: np.ndarray) -> dict:
+        """The video as `LWM.chat` reads it, encoded once by the VQGAN for all the questions about it."""
+        sampled = self.lwm.load_media(frames, "video")
+        return {"type": "video", "codes": self.lwm.processor.encode_media({"type": "video", "frames": sampled})}
 
     def draw_image(self, prompt: str, seed: int) -> np.ndarray:
         return np.asarray(self.lwm.generate_image(prompt, temperature=self.temperature, seed=seed))
@@ -164,22 +183,46 @@ def score_continuation(frames: np.ndarray, future: world.Clip) -> judge.Continua
 
 def evaluate_video_qa(subject: Subject, clips: list[world.Clip], config: WorldEvalConfig,
                       progress: bool = False) -> TaskResult:
-    tally, samples = Tally(), []
+    """Accuracy by question type, and `<type>.majority_baseline`: the accuracy of always giving the
+    type's most common answer on these clips, what a model that ignores the video can reach."""
+    tally, answers, samples = Tally(), {}, []
     for clip in tqdm(clips, desc="video QA", disable=not progress):
         qas = world.questions(clip)
         replies = subject.answer(clip.frames, [qa.question for qa in qas], config.answer_tokens)
         for qa, reply in zip(qas, replies):
             right = judge.score_answer(reply, qa)
             tally.add(qa.type, right)
+            answers.setdefault(qa.type, Counter())[qa.answer] += 1
             if len(samples) < SAMPLES_KEPT:
                 samples.append({"seed": clip.seed, "question": qa.question, "answer": qa.answer, "reply": reply,
                                 "correct": right})
     by_type = tally.summary()
     correct, total = sum(tally.correct.values()), sum(tally.total.values())
     metrics = {"accuracy": correct / total}
-    metrics.update({f"{kind}.accuracy": entry["accuracy"] for kind, entry in by_type.items()})
+    for kind, entry in by_type.items():
+        metrics[f"{kind}.accuracy"] = entry["accuracy"]
+        metrics[f"{kind}.majority_baseline"] = answers[kind].most_common(1)[0][1] / entry["total"]
     return TaskResult({"metrics": metrics, "questions": total, "by_type": by_type,
                        "seeds": [clip.seed for clip in clips], "samples": samples})
+
+
+def evaluate_conversation(subject: Subject, clips: list[world.Clip], config: WorldEvalConfig,
+                          progress: bool = False) -> TaskResult:
+    """A few questions per clip in one chat: accuracy on the first turn and on the turns after it."""
+    tally, samples = Tally(), []
+    for clip in tqdm(clips, desc="conversation", disable=not progress):
+        qas = world.conversation_questions(clip)
+        replies = subject.converse(clip.frames, [qa.question for qa in qas], config.answer_tokens)
+        for turn, (qa, reply) in enumerate(zip(qas, replies)):
+            tally.add("first_turn" if turn == 0 else "later_turns", judge.score_answer(reply, qa))
+        if len(samples) < SAMPLES_KEPT:
+            samples.append({"seed": clip.seed, "questions": [qa.question for qa in qas],
+                            "answers": [qa.answer for qa in qas], "replies": replies})
+    by_turn = tally.summary()
+    metrics = {"accuracy": sum(tally.correct.values()) / sum(tally.total.values())}
+    metrics.update({f"{turn}.accuracy": entry["accuracy"] for turn, entry in by_turn.items()})
+    return TaskResult({"metrics": metrics, "by_turn": by_turn, "seeds": [clip.seed for clip in clips],
+                       "samples": samples})
 
 
 def evaluate_caption(subject: Subject, clips: list[world.Clip], config: WorldEvalConfig,
@@ -278,6 +321,7 @@ def evaluate_world(subject: Subject, tasks: list[str], config: WorldEvalConfig, 
     clips = held_out_clips(config.seeds)
     runners = {
         "video_qa": evaluate_video_qa,
+        "conversation": evaluate_conversation,
         "caption": evaluate_caption,
         "text_to_image": evaluate_text_to_image,
         "text_to_video": evaluate_text_to_video,

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from lwm import media
-from lwm.api import DEFAULT_FPS, LWM, Video
+from lwm.api import DEFAULT_FPS, LWM, ContextLengthError, Video
 from lwm.serve import preview
 
 MAX_ATTACHMENT_BYTES = 256 << 20
@@ -198,7 +198,8 @@ class ChatRepl:
         try:
             self._message(text)
         except (ValueError, OSError) as error:
-            self._say(f"Error: {error}")
+            full = isinstance(error, ContextLengthError) and self.messages and not self.single_turn
+            self._say(f"Error: {error}" + (" Type /clear to start a new conversation." if full else ""))
             return False
         return True
 

@@ -244,9 +244,10 @@ class LWMProcessor:
         trained = [chunk.trained for chunk in chunks for _ in chunk.ids]
         limit = self.config.max_length
         if limit is not None and len(input_ids) > limit:
+            has_frames = self.eof_token_id in input_ids or self.eov_token_id in input_ids
+            advice = f" (each frame takes {self.codes_per_frame + 1}); use fewer frames or" if has_frames else "; use"
             raise SequenceTooLongError(
-                f"the example has {len(input_ids)} tokens, more than max_length={limit} "
-                f"(each frame takes {self.codes_per_frame + 1}); use fewer frames or a shorter text",
+                f"the example has {len(input_ids)} tokens, more than max_length={limit}{advice} a shorter text",
                 len(input_ids),
                 limit,
             )

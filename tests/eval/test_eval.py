@@ -48,6 +48,9 @@ class GroundTruth:
         truth[CAPTION_REQUESTS["video"]] = world.caption(clip)
         return [truth[question] for question in questions]
 
+    def converse(self, frames, questions, max_new_tokens):
+        return self.answer(frames, questions, max_new_tokens)
+
     def draw_image(self, prompt, seed):
         return world.clip_from_prompt(prompt, seed, n_frames=1).frames[0]
 
@@ -71,10 +74,12 @@ def clips():
 
 
 def test_ground_truth_scores_perfectly(clips):
-    results = evaluate_world(GroundTruth(clips, CONFIG), ["video_qa", "caption", "text_to_image", "text_to_video",
-                                                         "continuation"], CONFIG)
+    results = evaluate_world(GroundTruth(clips, CONFIG), ["video_qa", "conversation", "caption", "text_to_image",
+                                                         "text_to_video", "continuation"], CONFIG)
     qa = results["video_qa"].summary
     assert qa["metrics"]["accuracy"] == 1.0
+    assert results["conversation"].summary["metrics"] == {"accuracy": 1.0, "first_turn.accuracy": 1.0,
+                                                          "later_turns.accuracy": 1.0}
     assert qa["questions"] == sum(len(world.questions(clip)) for clip in clips)
     assert set(qa["by_type"]) <= set(world.QUESTION_TYPES) and sum(t["total"] for t in qa["by_type"].values()) == qa["questions"]
     assert qa["seeds"] == list(world.split_seeds("held_out", CONFIG.seeds))
@@ -100,6 +105,30 @@ def test_scorers_reject_wrong_outputs(clips):
     assert results["text_to_video"].summary["metrics"]["accuracy"] == 0.0
     continued = results["continuation"].summary["metrics"]
     assert continued["direction_kept"] == 0.0 and continued["trajectory_error"] > 2
+
+
+def test_majority_baseline_is_always_giving_the_most_common_answer(clips):
+    results = evaluate_world(GroundTruth(clips, CONFIG), ["video_qa"], CONFIG)
+    metrics = results["video_qa"].summary["metrics"]
+    bounced = [obj.bounced for clip in clips for obj in clip.objects]
+    assert metrics["bounce.majority_baseline"] == max(bounced.count(True), bounced.count(False)) / len(bounced)
+    assert metrics["count.majority_baseline"] < 1  # the 3 clips do not all hold the same number of objects
+    always = StandingStill(clips, CONFIG)
+    always.answer = lambda frames, questions, max_new_tokens: ["yes" if "bounce" in q else "?" for q in questions]
+    metrics = evaluate_world(always, ["video_qa"], CONFIG)["video_qa"].summary["metrics"]
+    assert metrics["bounce.accuracy"] == bounced.count(True) / len(bounced) <= metrics["bounce.majority_baseline"]
+
+
+def test_conversation_keeps_the_turns_apart(clips):
+    echo = GroundTruth(clips, CONFIG)  # answers the first question right, then repeats that answer
+    echo.converse = lambda frames, questions, max_new_tokens: echo.answer(frames, questions[:1], 1) * len(questions)
+    summary = evaluate_world(echo, ["conversation"], CONFIG)["conversation"].summary
+    assert summary["metrics"]["first_turn.accuracy"] == 1.0
+    assert summary["metrics"]["later_turns.accuracy"] < 0.5
+    turns = [world.conversation_questions(clip) for clip in clips]
+    assert summary["by_turn"]["first_turn"]["total"] == len(clips)
+    assert summary["by_turn"]["later_turns"]["total"] == sum(len(qas) - 1 for qas in turns)
+    assert summary["samples"][0]["questions"] == [qa.question for qa in turns[0]]
 
 
 def test_drawings_are_judged_at_world_size(clips):
@@ -234,8 +263,8 @@ def test_random_model_runs_end_to_end_and_fails_its_bars(tiny_model_folder, tmp_
     out = capsys.readouterr()
     assert "video_qa.accuracy" in out.out and "FAIL" in out.out and "bars not met" in out.err
     result = json.loads((tmp_path / "report.json").read_text())
-    assert result["tasks_run"] == ["video_qa", "caption", "text_to_image", "text_to_video", "continuation",
-                                   "tokenizer", "needle"]
+    assert result["tasks_run"] == ["video_qa", "conversation", "caption", "text_to_image", "text_to_video",
+                                   "continuation", "tokenizer", "needle"]
     verdicts = {v["metric"]: v["passed"] for v in result["bars"]}
     assert verdicts == {"text_to_video.accuracy": False, "tokenizer.psnr": True, "video_qa.accuracy": False,
                         "needle.accuracy@1x": False}

@@ -117,6 +117,18 @@ def test_a_single_turn_model_is_asked_each_question_alone_with_the_last_media(lw
     assert repl.messages[-1]["content"] == answer(lwm, ("Hello", []), max_new_tokens=3)
 
 
+def test_a_conversation_that_outgrows_the_context_says_how_to_start_over(lwm, tmp_path):
+    long_message = "tell me about red squares " * 12  # ~300 tokens: the history fills the context
+    repl, out = make_repl(lwm, "/set max_tokens 2", *[long_message] * 5, tmp_path=tmp_path)
+    repl.run()
+    said = out.getvalue()
+    assert "maximum context length" in said and "Type /clear to start a new conversation." in said
+    turns = len(repl.messages)
+    repl.handle("/clear")
+    repl.handle(long_message)
+    assert len(repl.messages) == 2 and turns >= 2  # answered again once the history is gone
+
+
 class InterruptedAnswers:
     """Test double: the real model, whose answer streams raise KeyboardInterrupt (Ctrl+C) after one piece,
     and whose drawing is interrupted at once."""

@@ -192,10 +192,14 @@ def test_decode_round_trip(processor):
 
 def test_too_long_example_is_refused(tokenizers):
     processor = LWMProcessor(tokenizers[0], FakeVQGAN(), max_length=20)
-    with pytest.raises(SequenceTooLongError, match="more than max_length=20"):
+    too_long_video = r"more than max_length=20 \(each frame takes \d+\); use fewer frames"
+    with pytest.raises(SequenceTooLongError, match=too_long_video):
         processor.apply_chat_template(
             [{"role": "user", "content": [{"type": "video", "codes": random_codes(5)}]}], add_generation_prompt=True
         )
+    with pytest.raises(SequenceTooLongError, match="more than max_length=20; use a shorter text") as caught:
+        processor.apply_chat_template([{"role": "user", "content": "a red ball " * 20}], add_generation_prompt=True)
+    assert "frame" not in str(caught.value)
 
 
 @pytest.mark.parametrize(

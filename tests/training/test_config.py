@@ -93,3 +93,13 @@ def test_the_needle_curriculum_continues_the_bundled_recipe_on_the_makefiles_dat
     for data in (short.data, config.data):
         assert f"--out {data.path} " in recipe.stdout
     assert long_.seq_len == again.seq_len == base.stages[0].seq_len
+
+
+
+def test_the_conversation_step_continues_the_needle_curriculum():
+    needles = load_config("configs/train/bundled-needles.yaml")
+    config = load_config("configs/train/bundled-conversation.yaml")
+    assert config.model.name_or_path == f"{needles.output_dir}/pretrained/stage{len(needles.stages) - 1}"
+    assert config.processor == dataclasses.replace(needles.processor, single_turn=False)
+    assert set(config.data.mixture) == set(world.DEFAULT_TASKS) | {"needle", "video_conversation"}
+    assert [stage.seq_len for stage in config.stages] == [needles.stages[-1].seq_len]
