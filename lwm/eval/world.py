@@ -23,7 +23,7 @@ validated by a subject that returns the ground truth: it must score perfectly.
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -185,14 +185,14 @@ def evaluate_video_qa(subject: Subject, clips: list[world.Clip], config: WorldEv
                       progress: bool = False) -> TaskResult:
     """Accuracy by question type, and `<type>.majority_baseline`: the accuracy of always giving the
     type's most common answer on these clips, what a model that ignores the video can reach."""
-    tally, answers, samples = Tally(), {}, []
+    tally, answers, samples = Tally(), defaultdict(Counter), []
     for clip in tqdm(clips, desc="video QA", disable=not progress):
         qas = world.questions(clip)
         replies = subject.answer(clip.frames, [qa.question for qa in qas], config.answer_tokens)
         for qa, reply in zip(qas, replies):
             right = judge.score_answer(reply, qa)
             tally.add(qa.type, right)
-            answers.setdefault(qa.type, Counter())[qa.answer] += 1
+            answers[qa.type][qa.answer] += 1
             if len(samples) < SAMPLES_KEPT:
                 samples.append({"seed": clip.seed, "question": qa.question, "answer": qa.answer, "reply": reply,
                                 "correct": right})

@@ -198,8 +198,8 @@ class ChatRepl:
         try:
             self._message(text)
         except (ValueError, OSError) as error:
-            full = isinstance(error, ContextLengthError) and self.messages and not self.single_turn
-            self._say(f"Error: {error}" + (" Type /clear to start a new conversation." if full else ""))
+            history_full = isinstance(error, ContextLengthError) and self.messages and not self.single_turn
+            self._say(f"Error: {error}" + (" Type /clear to start a new conversation." if history_full else ""))
             return False
         return True
 
