@@ -2,12 +2,16 @@
 
     .venv/bin/python benchmarks/train_step.py
     .venv/bin/python benchmarks/train_step.py --hidden 512 --layers 8 --seq 1024 --batch 2
+    .venv/bin/python benchmarks/train_step.py --documents 4       # packed rows, as `lwm train` feeds them
 
 Both models get the same trunk and the same token batch; the Llama head is as wide as LWM's text and
 vision heads together (32000 + 8448), so both do the same work. They run forward + backward + AdamW
 step in this process, one step each per round, and report median tokens/s. MFU is achieved model
-FLOPs (6 · non-embedding params per token plus causal attention) over this machine's measured fp32
-GEMM peak (median of square matmuls) at the same thread count.
+FLOPs (6 · non-embedding params per token plus causal attention within each document) over this
+machine's measured fp32 GEMM peak (median of square matmuls) at the same thread count.
+
+With --documents N every row packs N documents of equal length: LWM gets them as `segment_ids`, the
+transformers Llama as the equivalent boolean 4-D mask (what SDPA needs for packing).
 """
 
 from __future__ import annotations
@@ -31,17 +35,18 @@ def gemm_peak_flops(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / median_seconds(lambda: a @ b, repeats)
 
 
-def step_flops(model, config, batch: int, seq: int) -> float:
+def step_flops(model, config, batch: int, seq: int, documents: int) -> float:
     params = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name)
-    attention = 2 * config.num_hidden_layers * seq * seq * config.hidden_size  # causal: half of 4·L²·d, per row
+    # causal: half of 4·L²·d for each of a row's documents of length L = seq / documents
+    attention = 2 * config.num_hidden_layers * seq * seq // documents * config.hidden_size
     return 3 * (2 * params * batch * seq + attention * batch)
 
 
-def train_step(model, ids):
+def train_step(model, ids, inputs: dict):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
-        loss = model(ids, labels=ids).loss
+        loss = model(ids, labels=ids, **inputs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -70,7 +75,10 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable on shared machines)")
+    parser.add_argument("--documents", type=int, default=1, help="documents packed in each row (default 1)")
     args = parser.parse_args()
+    if args.seq % args.documents:
+        parser.error(f"--seq {args.seq} is not a multiple of --documents {args.documents}")
     torch.set_num_threads(args.threads)
 
     shape = dict(
@@ -92,17 +100,28 @@ def main() -> None:
         ),
     }
     ids = torch.randint(0, args.vocab, (args.batch, args.seq))
+    inputs = {name: {} for name in models}
+    if args.documents > 1:
+        segments = torch.arange(args.seq).div(args.seq // args.documents, rounding_mode="floor").expand(args.batch, -1)
+        same_document = segments[:, None, :, None] == segments[:, None, None, :]
+        positions = torch.arange(args.seq) % (args.seq // args.documents)
+        inputs = {name: {"segment_ids": segments} for name in models}
+        inputs["transformers LlamaForCausalLM (sdpa)"] = {
+            "attention_mask": same_document & torch.ones(args.seq, args.seq, dtype=torch.bool).tril(),
+            "position_ids": positions.expand(args.batch, -1),
+        }
     peak = gemm_peak_flops()
     print(f"# train step fwd+bwd+AdamW, fp32, hidden {args.hidden}, {args.layers} layers, seq {args.seq}, batch "
-          f"{args.batch}; {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"fp32 GEMM peak {peak / 1e9:.1f} GFLOP/s")
-    seconds_by_model = interleaved_medians({n: train_step(m.train(), ids) for n, m in models.items()}, args.repeats)
+          f"{args.batch}, {args.documents} document(s) per row; {machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; fp32 GEMM peak {peak / 1e9:.1f} GFLOP/s")
+    steps = {name: train_step(model.train(), ids, inputs[name]) for name, model in models.items()}
+    seconds_by_model = interleaved_medians(steps, args.repeats)
     rows, baseline = [], None
     for name, model in models.items():
         seconds = seconds_by_model[name]
         tokens = args.batch * args.seq / seconds
         baseline = baseline or tokens
-        mfu = step_flops(model, model.config, args.batch, args.seq) / seconds / peak
+        mfu = step_flops(model, model.config, args.batch, args.seq, args.documents) / seconds / peak
         rows.append([name, f"{tokens:.0f}", f"{tokens / baseline:.2f}x", f"{100 * mfu:.1f}%"])
     print_table(["model", "tokens/s", "vs transformers", "MFU"], rows)
 

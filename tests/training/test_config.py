@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +104,15 @@ def test_the_conversation_step_continues_the_needle_curriculum():
     assert config.processor == dataclasses.replace(needles.processor, single_turn=False)
     assert set(config.data.mixture) == set(world.DEFAULT_TASKS) | {"needle", "video_conversation"}
     assert [stage.seq_len for stage in config.stages] == [needles.stages[-1].seq_len]
+
+
+def test_the_continued_run_trains_the_shipped_model_on_every_world_task():
+    config = load_config("configs/train/bundled-continue.yaml")
+    assert config.model.name_or_path == "bundled"
+    assert (config.processor.tokenizer, config.processor.vqgan) == ("bundled", "bundled/vqgan")
+    assert set(config.data.mixture) == set(world.TASKS) | {"needle"}
+    assert not config.processor.single_turn  # conversations are in the mixture
+    # the data command in the header renders every task the mixture draws
+    header = Path("configs/train/bundled-continue.yaml").read_text().split("\n\n")[0]
+    rendered = header.split("--tasks")[1].split("--workers")[0].replace("#", " ").replace("\\", " ").split()
+    assert set(rendered) | {"needle"} == set(config.data.mixture)

@@ -28,57 +28,89 @@ def _spans(start: int, length: int, chunk: int, segment_ids: torch.Tensor | None
     return spans
 
 
+def _documents(segment_ids: torch.Tensor) -> list[list[tuple[int, int]]] | None:
+    """Each row's documents as (start, end) runs of one segment id; None when an id comes back after
+    another one (then a document is not one run, and the chunk grid's masks describe it)."""
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    documents = []
+    for ids, row_starts in zip(segment_ids, starts):
+        first = row_starts.nonzero().flatten()
+        if ids[first].unique().numel() < first.numel():
+            return None
+        bounds = first.tolist() + [ids.numel()]
+        documents.append(list(zip(bounds[:-1], bounds[1:])))
+    return documents
+
+
+def _work(q_len: int, k_len: int, segment_ids, q_chunk: int, kv_chunk: int) -> list[tuple[slice, list, list]]:
+    """What to attend, as (batch rows, query spans, key spans).
+
+    Packed documents never see each other, so when each is one run of its segment id it is attended
+    alone: no kernel call is spent on keys a query cannot see, and a document within one chunk is a
+    single unmasked call. Otherwise (segment ids that recur, or queries after a KV cache) the whole
+    batch goes over the chunk grid, with masks where segments meet.
+    """
+    documents = _documents(segment_ids) if segment_ids is not None and q_len == k_len else None
+    if documents is None:
+        q_segments = None if segment_ids is None else segment_ids[:, -q_len:]
+        return [(slice(None), _spans(k_len - q_len, q_len, q_chunk, q_segments), _spans(0, k_len, kv_chunk, segment_ids))]
+    return [
+        (slice(row, row + 1), _spans(start, end - start, q_chunk, None), _spans(start, end - start, kv_chunk, None))
+        for row, runs in enumerate(documents)
+        for start, end in runs
+    ]
+
+
 class _BlockwiseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, segment_ids, causal, scale, q_chunk, kv_chunk):
         q_len, k_len = q.shape[2], k.shape[2]
-        # Queries are the last q_len positions of the key sequence (a KV cache puts the past first).
-        q_spans = _spans(k_len - q_len, q_len, q_chunk, None if segment_ids is None else segment_ids[:, -q_len:])
-        k_spans = _spans(0, k_len, kv_chunk, segment_ids)
+        offset = k_len - q_len  # queries are the last q_len positions of the keys (a KV cache puts the past first)
+        work = _work(q_len, k_len, segment_ids, q_chunk, kv_chunk)
         out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
-        for q_span in q_spans:
-            rows = slice(q_span.start - (k_len - q_len), q_span.end - (k_len - q_len))
-            q_block = q[:, :, rows]
-            for k_span in k_spans:
-                mask = block_mask(q_span, k_span, causal=causal, dtype=q.dtype, device=q.device)
-                if mask.kind == "skip":
-                    continue
-                cols = slice(k_span.start, k_span.end)
-                block_out, block_lse = attend_block(q_block, k[:, :, cols], v[:, :, cols], mask, scale)
-                out[:, :, rows], lse[:, :, rows] = merge_partials(
-                    out[:, :, rows], lse[:, :, rows], block_out, block_lse
-                )
+        for batch, q_spans, k_spans in work:
+            for q_span in q_spans:
+                rows = slice(q_span.start - offset, q_span.end - offset)
+                q_block = q[batch, :, rows]
+                for k_span in k_spans:
+                    mask = block_mask(q_span, k_span, causal=causal, dtype=q.dtype, device=q.device)
+                    if mask.kind == "skip":
+                        continue
+                    cols = slice(k_span.start, k_span.end)
+                    block_out, block_lse = attend_block(q_block, k[batch, :, cols], v[batch, :, cols], mask, scale)
+                    out[batch, :, rows], lse[batch, :, rows] = merge_partials(
+                        out[batch, :, rows], lse[batch, :, rows], block_out, block_lse
+                    )
         out = out.to(q.dtype)
-        ctx.save_for_backward(q, k, v, out, lse, segment_ids)
-        ctx.settings = (causal, scale, q_chunk, kv_chunk)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.settings = (causal, scale, work)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, lse, segment_ids = ctx.saved_tensors
-        causal, scale, q_chunk, kv_chunk = ctx.settings
-        q_len, k_len = q.shape[2], k.shape[2]
-        offset = k_len - q_len
+        q, k, v, out, lse = ctx.saved_tensors
+        causal, scale, work = ctx.settings
+        offset = k.shape[2] - q.shape[2]
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
         dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-        q_spans = _spans(offset, q_len, q_chunk, None if segment_ids is None else segment_ids[:, -q_len:])
-        k_spans = _spans(0, k_len, kv_chunk, segment_ids)
-        for q_span in q_spans:
-            rows = slice(q_span.start - offset, q_span.end - offset)
-            for k_span in k_spans:
-                mask = block_mask(q_span, k_span, causal=causal, dtype=q.dtype, device=q.device)
-                if mask.kind == "skip":
-                    continue
-                cols = slice(k_span.start, k_span.end)
-                block_dq, block_dk, block_dv = attend_block_backward(
-                    grad_out[:, :, rows], q[:, :, rows], k[:, :, cols], v[:, :, cols],
-                    out[:, :, rows], lse[:, :, rows], mask, scale,
-                )
-                dq[:, :, rows] += block_dq
-                dk[:, :, cols] += block_dk
-                dv[:, :, cols] += block_dv
+        for batch, q_spans, k_spans in work:
+            for q_span in q_spans:
+                rows = slice(q_span.start - offset, q_span.end - offset)
+                for k_span in k_spans:
+                    mask = block_mask(q_span, k_span, causal=causal, dtype=q.dtype, device=q.device)
+                    if mask.kind == "skip":
+                        continue
+                    cols = slice(k_span.start, k_span.end)
+                    block_dq, block_dk, block_dv = attend_block_backward(
+                        grad_out[batch, :, rows], q[batch, :, rows], k[batch, :, cols], v[batch, :, cols],
+                        out[batch, :, rows], lse[batch, :, rows], mask, scale,
+                    )
+                    dq[batch, :, rows] += block_dq
+                    dk[batch, :, cols] += block_dk
+                    dv[batch, :, cols] += block_dv
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
 
 

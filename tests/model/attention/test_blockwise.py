@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from lwm.model.attention import blockwise_attention
+from lwm.model.attention.blockwise import _documents
 from lwm.model.attention.primitive import BlockSpan, attend_block, block_mask, merge_partials
 
 
@@ -34,8 +35,14 @@ def packed_segments(batch, length, generator):
     return torch.stack(rows)
 
 
+def recurring_segments(batch, length, generator):
+    """Segment ids that come back after another one (1 1 2 2 1 1): not one run per document."""
+    segments = packed_segments(batch, length, generator)
+    return torch.where(segments == 3, 1, segments)
+
+
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("packed", [None, packed_segments, recurring_segments])
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2)])
 @pytest.mark.parametrize("q_len,k_len", [(37, 37), (64, 64), (5, 37)])
 def test_blockwise_matches_reference(causal, packed, heads, kv_heads, q_len, k_len):
@@ -44,7 +51,7 @@ def test_blockwise_matches_reference(causal, packed, heads, kv_heads, q_len, k_l
     q = torch.randn(shape(heads, q_len), generator=generator, requires_grad=True)
     k = torch.randn(shape(kv_heads, k_len), generator=generator, requires_grad=True)
     v = torch.randn(shape(kv_heads, k_len), generator=generator, requires_grad=True)
-    segments = packed_segments(2, k_len, generator) if packed else None
+    segments = packed(2, k_len, generator) if packed else None
 
     out = blockwise_attention(q, k, v, causal=causal, segment_ids=segments, q_chunk=8, kv_chunk=6)
     expected = reference_attention(q, k, v, causal=causal, segment_ids=segments)
@@ -114,3 +121,8 @@ def test_bad_arguments_are_named(kwargs, message):
     q, k, v = arguments.pop("q"), arguments.pop("k"), arguments.pop("v")
     with pytest.raises(ValueError, match=message):
         blockwise_attention(q, k, v, **arguments)
+
+
+def test_documents_are_runs_of_one_segment_id():
+    assert _documents(torch.tensor([[1, 1, 2, 2, 0], [5, 5, 5, 5, 5]])) == [[(0, 2), (2, 4), (4, 5)], [(0, 5)]]
+    assert _documents(torch.tensor([[1, 1, 2, 2, 1]])) is None  # id 1 comes back: the masked grid handles it
