@@ -62,6 +62,18 @@ def _work(q_len: int, k_len: int, segment_ids, q_chunk: int, kv_chunk: int) -> l
     ]
 
 
+def _blocks(work, offset: int, causal: bool, q: torch.Tensor):
+    """The block pairs the forward and the backward pass visit, as (batch rows, query rows, key columns,
+    mask); pairs that the mask skips entirely are left out."""
+    for batch, q_spans, k_spans in work:
+        for q_span in q_spans:
+            rows = slice(q_span.start - offset, q_span.end - offset)
+            for k_span in k_spans:
+                mask = block_mask(q_span, k_span, causal=causal, dtype=q.dtype, device=q.device)
+                if mask.kind != "skip":
+                    yield batch, rows, slice(k_span.start, k_span.end), mask
+
+
 class _BlockwiseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, segment_ids, causal, scale, q_chunk, kv_chunk):
@@ -70,19 +82,11 @@ class _BlockwiseAttention(torch.autograd.Function):
         work = _work(q_len, k_len, segment_ids, q_chunk, kv_chunk)
         out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
-        for batch, q_spans, k_spans in work:
-            for q_span in q_spans:
-                rows = slice(q_span.start - offset, q_span.end - offset)
-                q_block = q[batch, :, rows]
-                for k_span in k_spans:
-                    mask = block_mask(q_span, k_span, causal=causal, dtype=q.dtype, device=q.device)
-                    if mask.kind == "skip":
-                        continue
-                    cols = slice(k_span.start, k_span.end)
-                    block_out, block_lse = attend_block(q_block, k[batch, :, cols], v[batch, :, cols], mask, scale)
-                    out[batch, :, rows], lse[batch, :, rows] = merge_partials(
-                        out[batch, :, rows], lse[batch, :, rows], block_out, block_lse
-                    )
+        for batch, rows, cols, mask in _blocks(work, offset, causal, q):
+            block_out, block_lse = attend_block(q[batch, :, rows], k[batch, :, cols], v[batch, :, cols], mask, scale)
+            out[batch, :, rows], lse[batch, :, rows] = merge_partials(
+                out[batch, :, rows], lse[batch, :, rows], block_out, block_lse
+            )
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.settings = (causal, scale, work)
@@ -96,21 +100,14 @@ class _BlockwiseAttention(torch.autograd.Function):
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
         dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-        for batch, q_spans, k_spans in work:
-            for q_span in q_spans:
-                rows = slice(q_span.start - offset, q_span.end - offset)
-                for k_span in k_spans:
-                    mask = block_mask(q_span, k_span, causal=causal, dtype=q.dtype, device=q.device)
-                    if mask.kind == "skip":
-                        continue
-                    cols = slice(k_span.start, k_span.end)
-                    block_dq, block_dk, block_dv = attend_block_backward(
-                        grad_out[batch, :, rows], q[batch, :, rows], k[batch, :, cols], v[batch, :, cols],
-                        out[batch, :, rows], lse[batch, :, rows], mask, scale,
-                    )
-                    dq[batch, :, rows] += block_dq
-                    dk[batch, :, cols] += block_dk
-                    dv[batch, :, cols] += block_dv
+        for batch, rows, cols, mask in _blocks(work, offset, causal, q):
+            block_dq, block_dk, block_dv = attend_block_backward(
+                grad_out[batch, :, rows], q[batch, :, rows], k[batch, :, cols], v[batch, :, cols],
+                out[batch, :, rows], lse[batch, :, rows], mask, scale,
+            )
+            dq[batch, :, rows] += block_dq
+            dk[batch, :, cols] += block_dk
+            dv[batch, :, cols] += block_dv
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
 
 
