@@ -11,10 +11,12 @@ class MetricsLogger:
     """`log(step, {"loss": ..., "lr": ...})`: one scalar per name per step.
 
     backend "jsonl" appends `{"step", "time", ...}` lines to `<directory>/metrics.jsonl`;
-    "tensorboard" writes event files under `<directory>/tensorboard`.
+    "tensorboard" writes event files under `<directory>/tensorboard`. A run resumed from the checkpoint
+    of `resumed_step` logs the steps after it again, so what an interrupted run logged after that step
+    is dropped: each step appears once.
     """
 
-    def __init__(self, backend: str, directory: str | Path, enabled: bool = True):
+    def __init__(self, backend: str, directory: str | Path, enabled: bool = True, resumed_step: int | None = None):
         self.backend, self.enabled = backend, enabled
         self._writer = self._sink = None
         if not enabled:
@@ -24,9 +26,13 @@ class MetricsLogger:
         if backend == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(directory / "tensorboard"))
+            purge_step = None if resumed_step is None else resumed_step + 1
+            self._writer = SummaryWriter(str(directory / "tensorboard"), purge_step=purge_step)
         elif backend == "jsonl":
-            self._sink = (directory / "metrics.jsonl").open("a")
+            path = directory / "metrics.jsonl"
+            if resumed_step is not None and path.is_file():
+                _drop_lines_after(path, resumed_step)
+            self._sink = path.open("a")
         else:
             raise ValueError(f"unknown logging backend {backend!r}; use 'tensorboard' or 'jsonl'")
 
@@ -45,3 +51,12 @@ class MetricsLogger:
             self._writer.close()
         if self._sink is not None:
             self._sink.close()
+
+
+def _drop_lines_after(path: Path, step: int) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not line.strip() or json.loads(line)["step"] <= step]
+    if len(kept) < len(lines):
+        staged = path.with_suffix(".jsonl.tmp")
+        staged.write_text("".join(kept))
+        staged.replace(path)  # atomic: a crash here leaves the old file, never half of it

@@ -238,7 +238,6 @@ class Trainer:
         if self.is_main:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         dist.barrier()
-        self.metrics = MetricsLogger(config.logging.backend, self.output_dir, enabled=self.is_main)
         self.processor = load_processor(config)  # on every rank, so that a bad path stops them all
 
     def stage_export_dir(self, index: int) -> Path:
@@ -250,6 +249,10 @@ class Trainer:
         if self.resume == "auto" and resumed is None:
             self._print(f"no checkpoint in {self.checkpoint_dir}: starting from scratch")
         first_stage = resumed["stage"] if resumed else 0
+        self.metrics = MetricsLogger(
+            self.config.logging.backend, self.output_dir, enabled=self.is_main,
+            resumed_step=self.global_step(first_stage, resumed["step"]) if resumed else None,
+        )
         try:
             for index in range(first_stage, len(self.config.stages)):
                 self._run_stage(index, resumed if index == first_stage else None)
