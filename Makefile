@@ -35,9 +35,10 @@ constraints: install
 
 LWM := $(VENV)/bin/lwm
 
-# Reproduces bundled/ from scratch with the project's own commands (docs/bundled-model.md: about 20 min
-# on one GPU, days on 2 CPU cores). Each intermediate is a file target, so an
-# interrupted `make bundled` redoes only what is missing. WORKERS processes render and tokenize; DEVICE
+# Reproduces bundled/ from scratch with the project's own commands (docs/bundled-model.md): the first
+# training step about 20 min on one GPU (days on 2 CPU cores), the second and third 66 min and 2 h 40 min
+# on 2 CPU cores. Each intermediate is a file target, so an interrupted `make bundled` redoes only what is
+# missing. WORKERS processes render and tokenize; DEVICE
 # runs the VQGAN while tokenizing (the trainers take the GPU by themselves when there is one);
 # TRAIN_ARGS are `lwm train` overrides (key=value) of configs/train/bundled.yaml; the model goes to BUNDLED.
 WORKERS    ?= 2
@@ -66,6 +67,12 @@ $(RUN)/needles-long/manifest.jsonl: | install
 	$(LWM) data world $(RUN)/needles-long --clips 2000 --needles 20000 --needle-chars 80 12000 --needle-spread log \
 		--workers $(WORKERS)
 
+# The third step's data (configs/train/bundled-continue.yaml): every task of the world, needles replayed.
+$(RUN)/continue/manifest.jsonl: | install
+	$(LWM) data world $(RUN)/continue --clips 10000 --needles 10000 --needle-chars 80 12000 --needle-spread log \
+		--tasks video_caption video_qa video_conversation image_text text_to_video video_continuation text \
+		unconditional --workers $(WORKERS)
+
 TOKENIZE_DEPS := $(RUN)/text-tokenizer/tokenizer.model $(RUN)/vqgan/model.safetensors
 TOKENIZE = $(LWM) data tokenize $< --out $(@D) --tokenizer $(RUN)/text-tokenizer --vqgan $(RUN)/vqgan \
 	--max-frames 4 --max-length 2560 --workers $(WORKERS) --device $(DEVICE)
@@ -76,12 +83,17 @@ $(RUN)/tokens/index.json: $(RUN)/world/manifest.jsonl $(TOKENIZE_DEPS)
 $(RUN)/needles-%-tokens/index.json: $(RUN)/needles-%/manifest.jsonl $(TOKENIZE_DEPS)
 	$(TOKENIZE)
 
-bundled-data: $(RUN)/tokens/index.json $(RUN)/needles-short-tokens/index.json $(RUN)/needles-long-tokens/index.json
+$(RUN)/continue-tokens/index.json: $(RUN)/continue/manifest.jsonl $(TOKENIZE_DEPS)
+	$(TOKENIZE)
+
+bundled-data: $(RUN)/tokens/index.json $(RUN)/needles-short-tokens/index.json $(RUN)/needles-long-tokens/index.json \
+	$(RUN)/continue-tokens/index.json
 
 bundled: bundled-data
 	$(LWM) train configs/train/bundled.yaml $(TRAIN_ARGS)
 	$(LWM) train configs/train/bundled-needles.yaml
-	$(LWM) train configs/train/bundled-needles.yaml --export-only --export-dir $(BUNDLED)
+	$(LWM) train configs/train/bundled-continue.yaml
+	$(LWM) train configs/train/bundled-continue.yaml --export-only --export-dir $(BUNDLED)
 	cp configs/eval/bundled-bars.json $(BUNDLED)/eval_bars.json
 
 clean:

@@ -4,7 +4,6 @@ import dataclasses
 import json
 import math
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -106,13 +105,16 @@ def test_the_conversation_step_continues_the_needle_curriculum():
     assert [stage.seq_len for stage in config.stages] == [needles.stages[-1].seq_len]
 
 
-def test_the_continued_run_trains_the_shipped_model_on_every_world_task():
+def test_the_third_step_continues_the_needle_curriculum_on_every_world_task():
+    needles = load_config("configs/train/bundled-needles.yaml")
     config = load_config("configs/train/bundled-continue.yaml")
-    assert config.model.name_or_path == "bundled"
-    assert (config.processor.tokenizer, config.processor.vqgan) == ("bundled", "bundled/vqgan")
+    assert config.model.name_or_path == f"{needles.output_dir}/pretrained/stage{len(needles.stages) - 1}"
+    assert config.processor == needles.processor
+    assert "video_conversation" in config.data.mixture
     assert set(config.data.mixture) == set(world.TASKS) | {"needle"}
-    assert not config.processor.single_turn  # conversations are in the mixture
-    # the data command in the header renders every task the mixture draws
-    header = Path("configs/train/bundled-continue.yaml").read_text().split("\n\n")[0]
-    rendered = header.split("--tasks")[1].split("--workers")[0].replace("#", " ").replace("\\", " ").split()
-    assert set(rendered) | {"needle"} == set(config.data.mixture)
+    assert [stage.seq_len for stage in config.stages] == [needles.stages[-1].seq_len]
+    recipe = subprocess.run(["make", "-n", "-B", "bundled", "LWM=lwm"], capture_output=True, text=True, check=True)
+    assert f"--out {config.data.path} " in recipe.stdout
+    rendered = recipe.stdout.split("data world runs/bundled/continue ")[1].split("--tasks")[1].split("--workers")[0]
+    assert set(rendered.replace("\\", " ").split()) | {"needle"} == set(config.data.mixture)
+    assert "train configs/train/bundled-continue.yaml --export-only --export-dir bundled" in recipe.stdout
