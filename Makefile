@@ -38,9 +38,9 @@ LWM := $(VENV)/bin/lwm
 # Reproduces bundled/ from scratch with the project's own commands (docs/bundled-model.md): the first
 # training step about 20 min on one GPU (days on 2 CPU cores), the second and third 66 min and 2 h 40 min
 # on 2 CPU cores. Each intermediate is a file target, so an interrupted `make bundled` redoes only what is
-# missing. WORKERS processes render and tokenize; DEVICE
-# runs the VQGAN while tokenizing (the trainers take the GPU by themselves when there is one);
-# TRAIN_ARGS are `lwm train` overrides (key=value) of configs/train/bundled.yaml; the model goes to BUNDLED.
+# missing. WORKERS processes render and tokenize; DEVICE runs the VQGAN while tokenizing (the trainers take
+# the GPU by themselves when there is one); TRAIN_ARGS are `lwm train` overrides (key=value) of
+# configs/train/bundled.yaml; the model goes to BUNDLED.
 WORKERS    ?= 2
 DEVICE     ?= cpu
 TRAIN_ARGS ?=
