@@ -52,6 +52,8 @@ def test_blockwise_matches_reference(causal, packed, heads, kv_heads, q_len, k_l
     k = torch.randn(shape(kv_heads, k_len), generator=generator, requires_grad=True)
     v = torch.randn(shape(kv_heads, k_len), generator=generator, requires_grad=True)
     segments = packed(2, k_len, generator) if packed else None
+    if packed is recurring_segments:
+        assert _documents(segments) is None  # so this layout takes the chunk grid, not the per-document path
 
     out = blockwise_attention(q, k, v, causal=causal, segment_ids=segments, q_chunk=8, kv_chunk=6)
     expected = reference_attention(q, k, v, causal=causal, segment_ids=segments)
