@@ -117,4 +117,18 @@ def test_the_third_step_continues_the_needle_curriculum_on_every_world_task():
     assert f"--out {config.data.path} " in recipe.stdout
     rendered = recipe.stdout.split("data world runs/bundled/continue ")[1].split("--tasks")[1].split("--workers")[0]
     assert set(rendered.replace("\\", " ").split()) | {"needle"} == set(config.data.mixture)
-    assert "train configs/train/bundled-continue.yaml --export-only --export-dir bundled" in recipe.stdout
+
+
+def test_the_fourth_step_trains_the_third_further_on_its_data_and_is_what_ships():
+    third = load_config("configs/train/bundled-continue.yaml")
+    config = load_config("configs/train/bundled-qa.yaml")
+    assert config.model.name_or_path == f"{third.output_dir}/pretrained/stage{len(third.stages) - 1}"
+    assert config.processor == third.processor
+    assert config.data.path == third.data.path and config.data.seed != third.data.seed
+    assert set(config.data.mixture) == set(third.data.mixture)
+    assert max(config.data.mixture, key=config.data.mixture.get) == "video_qa"
+    assert [stage.seq_len for stage in config.stages] == [third.stages[-1].seq_len]
+    recipe = subprocess.run(["make", "-n", "-B", "bundled", "LWM=lwm"], capture_output=True, text=True, check=True)
+    trained = [line for line in recipe.stdout.splitlines() if line.startswith("lwm train ")]
+    assert trained[-2:] == ["lwm train configs/train/bundled-qa.yaml",
+                            "lwm train configs/train/bundled-qa.yaml --export-only --export-dir bundled"]
