@@ -168,6 +168,11 @@ class LWM:
                 f"the processor (text vocabulary {processor.text_vocab_size}, {processor.codebook_size} codes) "
                 f"does not match the model (text vocabulary {config.vocab_size}, {config.num_vision_codes} codes)"
             )
+        if config.vision_grid_size and config.vision_grid_size**2 != processor.codes_per_frame:
+            raise ValueError(
+                f"the model's code grid is {config.vision_grid_size} x {config.vision_grid_size}, but the processor's "
+                f"frames have {processor.codes_per_frame} codes"
+            )
         self.model = model.eval()
         self.processor = processor
         self.max_frames = max_frames or processor.config.max_frames or DEFAULT_MAX_FRAMES

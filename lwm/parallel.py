@@ -216,10 +216,12 @@ def generate_sharded(
     logits = None
     if prefill_len:
         prefill = input_ids[:, :prefill_len]
+        grid_ids = model.grid_ids_of(prefill)
         with sequence_parallel(group, layout=layout):
             out = model(
                 input_ids=shard_sequence(prefill, 1, group=group, layout=layout),
                 position_ids=shard_positions(prefill_len, group=group, layout=layout, device=input_ids.device)[None],
+                vision_grid_ids=None if grid_ids is None else shard_sequence(grid_ids, 1, group=group, layout=layout),
                 cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
@@ -234,8 +236,11 @@ def generate_sharded(
     pending = input_ids[:, prefill_len:]  # prompt tokens not prefilled, then each chosen token
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     while True:
+        grid_ids = model.grid_ids_of(sequence)
         for position in range(pending.shape[1]):
-            logits = _decode_step(model, pending[:, position : position + 1], cache, group)
+            index = sequence.shape[1] - pending.shape[1] + position
+            token_grid = None if grid_ids is None else grid_ids[:, index : index + 1]
+            logits = _decode_step(model, pending[:, position : position + 1], token_grid, cache, group)
         next_tokens = _choose(processors(sequence, logits), do_sample, generator) if rank == 0 else None
         next_tokens = _broadcast_tokens(next_tokens, logits, group, world)
         if eos_token_id is not None:
@@ -247,10 +252,11 @@ def generate_sharded(
         pending = next_tokens[:, None]
 
 
-def _decode_step(model, token: torch.LongTensor, cache: ShardedCache, group) -> torch.Tensor:
+def _decode_step(model, token: torch.LongTensor, grid_ids, cache: ShardedCache, group) -> torch.Tensor:
     position = torch.full_like(token, cache.get_seq_length())
     with sequence_parallel(group, decoding=True):
-        out = model(input_ids=token, position_ids=position, cache=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=token, position_ids=position, cache=cache, use_cache=True, logits_to_keep=1,
+                    vision_grid_ids=grid_ids)
     return out.logits[:, -1].float()
 
 

@@ -199,6 +199,10 @@ def test_processor_and_model_must_match(lwm):
     other = LWMForCausalLM(LWMConfig.from_preset("tiny"))
     with pytest.raises(ValueError, match="does not match the model"):
         LWM(other, lwm.processor)
+    side = round(lwm.processor.codes_per_frame**0.5)
+    gridded = LWMForCausalLM(LWMConfig(**{**lwm.model.config.to_dict(), "vision_grid_size": side + 1}))
+    with pytest.raises(ValueError, match=f"code grid is {side + 1} x {side + 1}, but the processor's frames have"):
+        LWM(gridded, lwm.processor)
 
 
 def test_device_map_auto_with_disk_offload_gives_the_same_answer(lwm, folder, tmp_path):

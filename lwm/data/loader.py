@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from lwm.data.packing import IGNORE_INDEX, Overlong, RowPlanner, pack_row, stack_rows
 from lwm.data.tokenize import FORMAT, INDEX_NAME, VERSION
+from lwm.model.modeling_lwm import vision_grid_ids_of
 from lwm.parallel import chunks_per_sequence, rank_chunks
 
 
@@ -45,6 +46,7 @@ class TokenizedDataset:
         if self.index.get("format") != FORMAT or self.index.get("version") != VERSION:
             raise ValueError(f"{index_path}: not a {FORMAT} v{VERSION} index")
         self.text_vocab_size = int(self.index["text_vocab_size"])
+        self.codebook_size = int(self.index["codebook_size"])
         self._ids, self._masks, self._offsets, tasks = [], [], [], []
         for shard in self.index["shards"]:
             folder = directory / shard["path"]
@@ -132,7 +134,8 @@ class PackedLoader:
     Each batch holds `input_ids`, `labels`, `loss_weights`, `segment_ids`, `position_ids` (see
     lwm.data.packing). With `sp_size > 1` the rows are cut for sequence parallelism: this rank gets
     zigzag chunks r and 2W-1-r of 2W, and `labels` is replaced by `shift_labels` (the next token,
-    computed on the whole row, because it may live on another rank) with `loss_weights` aligned to it.
+    computed on the whole row, because it may live on another rank) with `loss_weights` aligned to it,
+    and `vision_grid_ids` (each code's place in its frame, which a shard cannot count) is added.
     """
 
     def __init__(
@@ -173,7 +176,9 @@ class PackedLoader:
         rows, self.ready = self.ready[: self.batch_size], self.ready[self.batch_size :]
         batch = stack_rows([self._materialize(row) for row in rows])
         self.batches += 1
-        if self.sp_size > 1:
+        if self.sp_size > 1:  # a shard cannot count its codes' places in their frames: count them on the whole row
+            batch["vision_grid_ids"] = vision_grid_ids_of(batch["input_ids"], self.dataset.text_vocab_size,
+                                                          self.dataset.codebook_size)
             batch = sequence_parallel_shard(batch, self.sp_rank, self.sp_size)
         return batch
 

@@ -185,7 +185,9 @@ def iter_tokens(
             branches, mask, step_ids = 1, mask[:batch], step_ids[:batch]
         warpers = sampling.warpers()
         for _ in range(num_tokens):
-            output = model(step_ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
+            grid_ids = _grid_ids(model, history, branches) if cache.get_seq_length() else None
+            output = model(step_ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1,
+                           vision_grid_ids=grid_ids)
             logits = output.logits[:, -1].float()
             if branches == 2:
                 logits = guide(logits[:batch], logits[batch:], sampling.guidance_scale)
@@ -194,6 +196,12 @@ def iter_tokens(
             history = torch.cat([history, token[:, None]], dim=1)
             step_ids = token.repeat(branches)[:, None]
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+
+
+def _grid_ids(model, history: torch.Tensor, branches: int) -> torch.LongTensor | None:
+    """The frame place of the token each row feeds next (the last of `history`), for a model with a grid."""
+    grid_ids = model.grid_ids_of(history)
+    return None if grid_ids is None else grid_ids[:, -1:].repeat(branches, 1)
 
 
 def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.LongTensor:

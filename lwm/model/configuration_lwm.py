@@ -16,7 +16,8 @@ class LWMConfig(LlamaConfig):
     One id space: text ids are [0, vocab_size); vision code c is vocab_size + c; `<eof>` (end of
     frame) is vocab_size + K and `<eov>` (end of vision) vocab_size + K + 1, with K =
     `num_vision_codes`. `vision_vocab_size` >= K + 2 rows exist in the vision table and head
-    (LWM: 8448). The attention backend is `attn_implementation`: "sdpa", "blockwise", "ring" or
+    (LWM: 8448). `vision_grid_size` G > 0 adds a learned row and column embedding to each vision code
+    (frames of G × G codes; LWM has none: 0). The attention backend is `attn_implementation`: "sdpa", "blockwise", "ring" or
     "flash_attention_2"; `attn_q_chunk`/`attn_kv_chunk` size the blocks of blockwise and ring.
     """
 
@@ -24,6 +25,7 @@ class LWMConfig(LlamaConfig):
 
     vision_vocab_size: int = 8448
     num_vision_codes: int = 8192
+    vision_grid_size: int = 0
     attn_q_chunk: int = 512
     attn_kv_chunk: int = 512
 
@@ -34,6 +36,8 @@ class LWMConfig(LlamaConfig):
                 f"vision_vocab_size ({self.vision_vocab_size}) must hold the {self.num_vision_codes} codes "
                 "plus <eof> and <eov>"
             )
+        if self.vision_grid_size < 0:
+            raise ValueError(f"vision_grid_size must be 0 (none) or the side of a frame's code grid, got {self.vision_grid_size}")
         if self.attn_q_chunk < 1 or self.attn_kv_chunk < 1:
             raise ValueError("attn_q_chunk and attn_kv_chunk must be positive")
 

@@ -3,7 +3,9 @@
 The trunk is transformers' `LlamaModel` (its layers, norms and rotary embedding are used as they
 are); around it sit two embedding tables and two heads, exactly as in LWM, so its weights map
 one-to-one. Ids live in one space (text first, then vision), so `generate()` and logits
-processors work unchanged and the vision mask is `input_ids >= vocab_size`.
+processors work unchanged and the vision mask is `input_ids >= vocab_size`. A model may add what
+LWM lacks, a row and column embedding of each code in its frame (`vision_grid_size`, see
+`VisionGridEmbedding`); LWM's own checkpoints have none.
 
 Attention masks are described by `segment_ids` (packed documents, padding) and causality, never by
 a dense seq × seq tensor, except for the "sdpa"/"eager" backends that need one.
@@ -26,6 +28,7 @@ from transformers.utils import logging as hf_logging
 
 from lwm.model import attention  # noqa: F401  (registers the "blockwise" and "ring" backends)
 from lwm.model.configuration_lwm import LWMConfig
+from lwm.parallel import active_sequence_parallel
 
 IGNORE_INDEX = -100
 _SEGMENT_BACKENDS = ("blockwise", "ring")
@@ -51,6 +54,37 @@ class LWMPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
 
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, VisionGridEmbedding):
+            module.reset_parameters()
+
+
+class VisionGridEmbedding(nn.Module):
+    """A code's row and column in its frame, as learned vectors added to its token embedding.
+
+    LWM has no such thing: a code knows its place only through 1-D RoPE, from which the row (a
+    multiple of the grid width) is easy to read but the column (the offset modulo the width) is not,
+    and a small model then reads diagonal motion as vertical. Both tables start at zero, so adding
+    them to a trained model changes nothing until they are trained.
+    """
+
+    def __init__(self, grid_size: int, hidden_size: int):
+        super().__init__()
+        self.grid_size = grid_size
+        self.rows = nn.Parameter(torch.zeros(grid_size, hidden_size))
+        self.columns = nn.Parameter(torch.zeros(grid_size, hidden_size))
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.rows)
+        nn.init.zeros_(self.columns)
+
+    def forward(self, grid_ids: torch.LongTensor) -> torch.Tensor:
+        """grid_ids [batch, seq]: a code's index in its frame (row-major), -1 for every other token."""
+        index = grid_ids.clamp(min=0) % self.grid_size**2
+        vectors = self.rows[index // self.grid_size] + self.columns[index % self.grid_size]
+        return vectors * (grid_ids >= 0)[..., None].to(vectors.dtype)
+
 
 class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
     def __init__(self, config: LWMConfig):
@@ -59,6 +93,8 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
         self.vision_embed_tokens = nn.Embedding(config.vision_vocab_size, config.hidden_size)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.vision_head = nn.Linear(config.hidden_size, config.vision_vocab_size, bias=False)
+        if config.vision_grid_size:
+            self.vision_grid = VisionGridEmbedding(config.vision_grid_size, config.hidden_size)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -70,7 +106,20 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return self.lm_head
 
-    def embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
+    def grid_ids_of(self, input_ids: torch.LongTensor) -> torch.LongTensor | None:
+        """`vision_grid_ids_of` whole sequences in this model's vocabulary; None for a model without the grid."""
+        if not self.config.vision_grid_size:
+            return None
+        return vision_grid_ids_of(input_ids, self.config.vocab_size, self.config.num_vision_codes)
+
+    def embed(
+        self, input_ids: torch.LongTensor, vision_grid_ids: torch.LongTensor | None = None, continues: bool = False
+    ) -> torch.Tensor:
+        """Token embeddings, plus each code's place in its frame when the model has `vision_grid_size`.
+
+        continues: input_ids may not start the sequence (a cache or a shard precedes), so codes'
+        places cannot be counted from them and must be given.
+        """
         vocab = self.config.vocab_size
         # One device-to-host read per call: this runs at every decoding step.
         if ((input_ids < 0) | (input_ids >= self.config.total_vocab_size)).any():
@@ -81,7 +130,17 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
         is_vision = input_ids >= vocab
         text = self.model.embed_tokens(input_ids.masked_fill(is_vision, 0))
         vision = self.vision_embed_tokens((input_ids - vocab).clamp(min=0))
-        return torch.where(is_vision[..., None], vision, text)
+        hidden = torch.where(is_vision[..., None], vision, text)
+        if not self.config.vision_grid_size:
+            return hidden
+        if vision_grid_ids is None:
+            if continues:
+                raise ValueError(
+                    "this model has vision_grid_size set: input_ids that continue a cache or are a shard "
+                    "need vision_grid_ids (lwm.model.modeling_lwm.vision_grid_ids_of the whole sequence)"
+                )
+            vision_grid_ids = self.grid_ids_of(input_ids)
+        return hidden + self.vision_grid(vision_grid_ids)
 
     def forward(
         self,
@@ -96,6 +155,7 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
         shift_labels: torch.LongTensor | None = None,
         loss_weights: torch.Tensor | None = None,
         loss_denominators: tuple[torch.Tensor, torch.Tensor] | None = None,
+        vision_grid_ids: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         **kwargs,
@@ -112,16 +172,21 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
             5.24, is accepted too).
         segment_ids: [batch, past + seq] document ids; positions attend only within their
             document. A 2-D attention_mask (padding) is treated as segments {0: pad, 1: tokens}.
+        vision_grid_ids: [batch, seq] each code's index in its frame, -1 elsewhere (`vision_grid_ids_of`
+            the whole sequence), for a model with `vision_grid_size`; read from input_ids when
+            they start the sequence, required when they continue a cache or are a shard of it.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        hidden = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
-        batch, seq = hidden.shape[:2]
-
         cache = past_key_values if cache is None else cache
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         past = cache.get_seq_length() if cache is not None else 0
+        if inputs_embeds is None:
+            hidden = self.embed(input_ids, vision_grid_ids, continues=past > 0 or active_sequence_parallel() is not None)
+        else:
+            hidden = inputs_embeds
+        batch, seq = hidden.shape[:2]
         segments = _segments(segment_ids, attention_mask, batch, past + seq)
         if position_ids is None:
             position_ids = _positions(segments, attention_mask, past, seq, hidden.device)
@@ -159,6 +224,14 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
             vision_loss=vision_loss,
             **{CACHE_NAME: cache},
         )
+
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
+        """transformers' inputs for one `generate()` step, plus the frame places of the ids it feeds."""
+        inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+        grid_ids = self.grid_ids_of(input_ids)
+        if grid_ids is not None and inputs.get("input_ids") is not None:
+            inputs["vision_grid_ids"] = grid_ids[:, -inputs["input_ids"].shape[1] :]
+        return inputs
 
     def _attention_inputs(self, segments, attention_mask, position_ids, past, seq, device) -> dict:
         backend = self.config._attn_implementation
@@ -221,6 +294,18 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
             stacklevel=2,
         )
         return model
+
+
+def vision_grid_ids_of(input_ids: torch.LongTensor, text_vocab_size: int, num_codes: int) -> torch.LongTensor:
+    """Each vision code's index in its frame (the codes since the last other token), -1 elsewhere.
+
+    Codes are the ids [text_vocab_size, text_vocab_size + num_codes). A frame is the run of codes
+    after `<vision>` or `<eof>`, so this holds whatever text or padding comes before it.
+    """
+    is_code = (input_ids >= text_vocab_size) & (input_ids < text_vocab_size + num_codes)
+    index = torch.arange(input_ids.shape[-1], device=input_ids.device).expand_as(input_ids)
+    last_other = torch.where(is_code, -1, index).cummax(dim=-1).values
+    return torch.where(is_code, index - last_other - 1, -1)
 
 
 def _segments(segment_ids, attention_mask, batch: int, total: int) -> torch.Tensor | None:

@@ -35,6 +35,9 @@ class ModelConfig:
     # Attention backend with sp_size = 1 ("sdpa", "blockwise", "flash_attention_2"); sp_size > 1 always uses "ring".
     attn_implementation: str = "blockwise"
     gradient_checkpointing: bool = False
+    # Adds (or sizes) the row and column embeddings of vision codes (LWMConfig.vision_grid_size: the
+    # side of a frame's code grid; 0 removes them); None keeps what the model has.
+    vision_grid_size: int | None = None
     # Glob patterns over parameter names; parameters matching none of them are frozen.
     trainable: list[str] = field(default_factory=lambda: ["*"])
 
@@ -89,6 +92,10 @@ class OptimizerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    # Glob pattern over parameter names -> a factor on lr for the parameters it matches (the first
+    # pattern that matches wins), e.g. {"vision_grid.*": 20} for tables that start at zero in a model
+    # that is otherwise trained already.
+    lr_scale: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -273,6 +280,7 @@ def validate(config: TrainConfig) -> None:
         (config.optimizer.lr > 0, "optimizer.lr must be positive"),
         (len(config.optimizer.betas) == 2, "optimizer.betas must be two numbers"),
         (config.optimizer.grad_clip >= 0, "optimizer.grad_clip must be >= 0 (0 disables clipping)"),
+        (all(scale > 0 for scale in config.optimizer.lr_scale.values()), "optimizer.lr_scale factors must be positive"),
         (config.schedule.warmup_steps >= 0, "schedule.warmup_steps must be >= 0"),
         (0 <= config.schedule.min_lr_ratio <= 1, "schedule.min_lr_ratio must lie in [0, 1]"),
         (config.logging.every_steps >= 1, "logging.every_steps must be at least 1"),

@@ -34,7 +34,7 @@ from lwm.model import LWMConfig, LWMForCausalLM
 from lwm.model.modeling_lwm import IGNORE_INDEX
 from lwm.parallel import free_local_port, sequence_parallel
 from lwm.training import checkpoint
-from lwm.training.config import ConfigError, DataConfig, ScheduleConfig, StageConfig, TrainConfig
+from lwm.training.config import ConfigError, DataConfig, OptimizerConfig, ScheduleConfig, StageConfig, TrainConfig
 from lwm.training.metrics import MetricsLogger
 
 TRAINER_OWNED_DEEPSPEED_KEYS = (
@@ -121,12 +121,15 @@ def build_model(config: TrainConfig, stage: StageConfig, mesh: Mesh, start_from:
     """The model a stage trains: from the previous stage's export, or the configured start."""
     attention = "ring" if mesh.sp_size > 1 else config.model.attn_implementation
     source = start_from or config.model.name_or_path
+    grid = {} if config.model.vision_grid_size is None else {"vision_grid_size": config.model.vision_grid_size}
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     if Path(source, "config.json").is_file():
-        model = LWMForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation=attention)
+        model = LWMForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation=attention, **grid)
         _set_rope_theta(model, stage.rope_theta)
     elif source in LWMConfig.preset_names():
-        model = LWMForCausalLM(LWMConfig.from_preset(source, rope_theta=stage.rope_theta, attn_implementation=attention))
+        model = LWMForCausalLM(
+            LWMConfig.from_preset(source, rope_theta=stage.rope_theta, attn_implementation=attention, **grid)
+        )
     else:
         raise ConfigError(
             f"model.name_or_path={source!r} is neither a preset ({', '.join(LWMConfig.preset_names())}) "
@@ -171,6 +174,22 @@ def freeze(model: torch.nn.Module, trainable: list[str]) -> None:
         matched += parameter.requires_grad
     if not matched:
         raise ConfigError(f"model.trainable={trainable} matches no parameter name (e.g. 'vision_head.*')")
+
+
+def parameter_groups(model: torch.nn.Module, optimizer: OptimizerConfig) -> list[dict]:
+    """The trainable parameters in one optimiser group per learning rate (`optimizer.lr_scale`), plain lr first."""
+    groups: dict[float, list[torch.nn.Parameter]] = {1.0: []}
+    matched = set()
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        pattern = next((pattern for pattern in optimizer.lr_scale if fnmatch.fnmatchcase(name, pattern)), None)
+        matched.add(pattern)
+        groups.setdefault(optimizer.lr_scale.get(pattern, 1.0), []).append(parameter)
+    unmatched = [pattern for pattern in optimizer.lr_scale if pattern not in matched]
+    if unmatched:
+        raise ConfigError(f"optimizer.lr_scale: {unmatched} match no trainable parameter name (e.g. 'vision_grid.*')")
+    return [{"params": params, "lr": optimizer.lr * scale} for scale, params in groups.items() if params]
 
 
 def lr_multiplier(schedule: ScheduleConfig, total_steps: int) -> Callable[[int], float]:
@@ -303,7 +322,7 @@ class Trainer:
         model = build_model(self.config, stage, self.mesh, start_from)
         engine, _, _, _ = deepspeed.initialize(
             model=model,
-            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            model_parameters=parameter_groups(model, self.config.optimizer),
             config=deepspeed_config(self.config),
             lr_scheduler=lambda optimizer: LambdaLR(optimizer, lr_multiplier(self.config.schedule, stage.steps)),
         )

@@ -8,29 +8,36 @@ import pytest
 import torch
 
 from lwm.data.loader import ExampleStream, PackedLoader, TokenizedDataset, sequence_parallel_shard, zigzag_shard_local
+from lwm import media
 from lwm.data.tokenize import TokenizeConfig, tokenize_manifest
+from lwm.model.modeling_lwm import vision_grid_ids_of
 from lwm.tokenizers.configuration_vqgan import VQGANConfig
 from lwm.tokenizers.modeling_vqgan import VQGAN
 from lwm.tokenizers.text import train_text_tokenizer
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    """60 text documents of varied lengths in three tasks, through the real `lwm data tokenize` path."""
-    root = tmp_path_factory.mktemp("loader")
+WORDS = "a red blue ball square moves left right up down the of and".split()
+
+
+def tokenized(root, records):
+    """`records` through the real `lwm data tokenize` path, with a tiny text tokenizer and a tiny random VQGAN."""
     rng = random.Random(0)
-    words = "a red blue ball square moves left right up down the of and".split()
-    (root / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(300)))
+    (root / "corpus.txt").write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(300)))
     train_text_tokenizer([str(root / "corpus.txt")], 300, str(root / "tokenizer"))
     VQGAN(VQGANConfig.from_preset("tiny", kmeans_init=False)).save_pretrained(root / "vqgan")
-    lines = [
-        json.dumps({"text": " ".join(rng.choice(words) for _ in range(rng.randint(2, 40))), "task": "abc"[i % 3]})
-        for i in range(60)
-    ]
-    (root / "manifest.jsonl").write_text("\n".join(lines))
+    (root / "manifest.jsonl").write_text("\n".join(json.dumps(record) for record in records))
     config = TokenizeConfig(str(root / "manifest.jsonl"), str(root / "out"), str(root / "tokenizer"), str(root / "vqgan"), shard_size=16)
     tokenize_manifest(config, progress=False)
     return TokenizedDataset(root / "out")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """60 text documents of varied lengths in three tasks."""
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 40))) for _ in range(60)]
+    records = [{"text": text, "task": "abc"[i % 3]} for i, text in enumerate(texts)]
+    return tokenized(tmp_path_factory.mktemp("loader"), records)
 
 
 def take(loader, count):
@@ -122,6 +129,21 @@ def test_zigzag_sequence_parallel_shards(dataset):
     assert torch.equal(full["loss_weights"][:, :-1], torch.where(same_document, batch["loss_weights"][:, 1:], 0.0))
     with pytest.raises(ValueError, match="divisible"):
         PackedLoader(dataset, seq_len=50, batch_size=1, sp_size=2)
+
+
+def test_sequence_parallel_batches_carry_the_places_of_codes_counted_on_whole_rows(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    for index, image in enumerate(pixels):
+        media.save_image(image, tmp_path / f"{index}.png")
+    images = tokenized(tmp_path, [{"image": str(tmp_path / f"{index}.png"), "caption": "a red ball", "task": "image"}
+                                  for index in range(4)])
+    whole = next(PackedLoader(images, seq_len=96, batch_size=2, seed=1))
+    grid_ids = vision_grid_ids_of(whole["input_ids"], images.text_vocab_size, images.codebook_size)
+    assert grid_ids.max() > 0  # the rows hold frames
+    for rank in range(2):
+        shard = next(PackedLoader(images, seq_len=96, batch_size=2, seed=1, sp_rank=rank, sp_size=2))
+        assert torch.equal(shard["vision_grid_ids"], zigzag_shard_local(grid_ids, rank, 2))
+        assert torch.equal(shard["input_ids"], zigzag_shard_local(whole["input_ids"], rank, 2))
 
 
 def test_batches_are_packed_rows(dataset):

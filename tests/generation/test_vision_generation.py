@@ -31,6 +31,17 @@ def model():
 
 
 @pytest.fixture(scope="module")
+def grid_model(model):
+    """The same model with a 2 x 2 code grid whose vectors are not zero: decoding must feed it each code's place."""
+    grown = LWMForCausalLM(LWMConfig.from_preset("tiny", vision_grid_size=FRAME[0])).eval()
+    grown.load_state_dict(model.state_dict(), strict=False)
+    with torch.no_grad():
+        grown.vision_grid.rows.normal_()
+        grown.vision_grid.columns.normal_()
+    return grown
+
+
+@pytest.fixture(scope="module")
 def layout(model):
     return FrameLayout.from_config(model.config, FRAME[0] * FRAME[1])
 
@@ -191,6 +202,22 @@ def test_single_pass_video_switches_settings_on_one_cache(model, layout):
     scales = [5.0] * steps + [1.0] * (num_frames - 1) * steps
     expected, _ = reference_greedy(model, layout, CONDITIONAL[0], UNCONDITIONAL, scales, num_frames)
     assert torch.equal(codes, layout.frame_codes(torch.tensor(expected), FRAME))
+
+
+def test_a_grid_model_decodes_guided_video_and_continuations_as_recomputation(grid_model, layout):
+    num_frames = 3
+    codes = generate_video(
+        grid_model, CONDITIONAL[0], UNCONDITIONAL, num_frames=num_frames, frame_shape=FRAME,
+        first_frame_sampling=SamplingConfig(do_sample=False, guidance_scale=5.0), sampling=GREEDY,
+    )
+    scales = [5.0] * layout.frame_length + [1.0] * (num_frames - 1) * layout.frame_length
+    expected, _ = reference_greedy(grid_model, layout, CONDITIONAL[0], UNCONDITIONAL, scales, num_frames)
+    assert torch.equal(codes, layout.frame_codes(torch.tensor(expected), FRAME))
+    given = torch.tensor([[[1, 2], [3, 4]]])
+    new = continue_video(grid_model, CONDITIONAL[1], given, num_frames=2, sampling=GREEDY)
+    context = torch.cat([CONDITIONAL[1], layout.frame_ids(given)])
+    expected, _ = reference_greedy(grid_model, layout, context, UNCONDITIONAL, [1.0] * 2 * layout.frame_length, 2)
+    assert torch.equal(new, layout.frame_codes(torch.tensor(expected), FRAME))
 
 
 def test_video_continuation_is_the_rollout_after_the_given_frames(model, layout):

@@ -7,6 +7,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaFor
 from transformers.cache_utils import DynamicCache
 
 from lwm.model import LWMConfig, LWMForCausalLM, lwm_loss
+from lwm.model.modeling_lwm import vision_grid_ids_of
 
 
 def tiny_model(backend="sdpa", seed=0, **overrides):
@@ -22,6 +23,15 @@ def multimodal_ids(config, batch=2, length=48, seed=0):
     ids = text.clone()
     ids[:, length // 4 : 3 * length // 4] = vision[:, length // 4 : 3 * length // 4]
     return ids
+
+
+def grid_model(backend="sdpa"):
+    """A tiny model with a 4 x 4 code grid whose row and column vectors are not zero."""
+    model = tiny_model(backend, vision_grid_size=4)
+    with torch.no_grad():
+        model.vision_grid.rows.normal_()
+        model.vision_grid.columns.normal_()
+    return model
 
 
 def test_lwm_7b_has_exactly_the_videollama_parameter_count():
@@ -149,6 +159,70 @@ def test_left_padded_generation_matches_unpadded():
     alone = model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
     batched = model.generate(padded, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert torch.equal(alone[:, 10:], batched[:, 13:])
+
+
+def test_vision_grid_ids_count_each_codes_place_in_its_frame():
+    config = LWMConfig.from_preset("tiny")
+    v, eof, eov = config.vocab_size, config.eof_token_id, config.eov_token_id
+    ids = torch.tensor([[5, 6, v + 3, v + 3, v + 9, eof, v + 1, v + 2, eov, 0, v], [v, v + 1, eof, 7, 8, 9, 9, 9, 9, 9, 9]])
+    assert vision_grid_ids_of(ids, v, config.num_vision_codes).tolist() == [
+        [-1, -1, 0, 1, 2, -1, 0, 1, -1, -1, 0],
+        [0, 1, -1, -1, -1, -1, -1, -1, -1, -1, -1],
+    ]
+
+
+def test_the_grid_adds_each_codes_row_and_column_vector_and_leaves_text_alone():
+    model = grid_model()
+    v = model.config.vocab_size
+    ids = torch.tensor([[5] + [v + 7] * 6 + [model.config.eof_token_id, v + 7]])
+    hidden = model.embed(ids)[0]
+    grid, code = model.vision_grid, model.vision_embed_tokens.weight[7]
+    places = [None, 0, 1, 2, 3, 4, 5, None, 0]
+    for position, place in enumerate(places):
+        if place is not None:
+            expected = code + grid.rows[place // 4] + grid.columns[place % 4]
+            torch.testing.assert_close(hidden[position], expected, msg=f"place {place}")
+    torch.testing.assert_close(hidden[0], model.model.embed_tokens.weight[5])
+    torch.testing.assert_close(hidden[7], model.vision_embed_tokens.weight[model.config.num_vision_codes])
+
+
+def test_a_grid_added_to_a_trained_model_changes_nothing_until_trained(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    grown = LWMForCausalLM.from_pretrained(tmp_path, vision_grid_size=4, attn_implementation="sdpa").eval()
+    ids = multimodal_ids(model.config)
+    assert grown.config.vision_grid_size == 4
+    assert torch.equal(grown(ids).logits, model(ids).logits)
+    with torch.no_grad():
+        grown.vision_grid.columns.normal_()
+    changed = (grown(ids).logits - model(ids).logits).abs().amax(dim=(0, 2))
+    first_code = ids.shape[1] // 4
+    assert changed[:first_code].max() == 0 and changed[first_code:].min() > 0
+
+
+def test_decoding_a_grid_model_needs_the_grid_ids_and_then_equals_recomputation():
+    model = grid_model()
+    ids = multimodal_ids(model.config)
+    full = model(ids).logits
+    cache = DynamicCache(config=model.config)
+    model(ids[:, :20], cache=cache, use_cache=True)
+    with pytest.raises(ValueError, match="need vision_grid_ids"):
+        model(ids[:, 20:21], cache=cache, use_cache=True)
+    grid_ids = model.grid_ids_of(ids)
+    for position in range(20, 40):  # codes up to 36, then text
+        step = model(ids[:, position : position + 1], cache=cache, use_cache=True,
+                     vision_grid_ids=grid_ids[:, position : position + 1]).logits
+        torch.testing.assert_close(step[:, 0], full[:, position], atol=1e-5, rtol=0)
+
+
+def test_generate_feeds_a_grid_model_its_grid_ids():
+    model = grid_model("blockwise")
+    prompt = multimodal_ids(model.config, 2, 24)[:, :14]  # ends inside a run of codes
+    generated = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
+    ids = prompt
+    for _ in range(8):
+        ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(generated, ids)
 
 
 def test_save_and_load_round_trip_is_exact(tmp_path):

@@ -1,6 +1,6 @@
 """LWMForCausalLM with ring attention over sp = 2 gloo processes equals one process on the full sequence.
 
-Each rank gets its zigzag shard of the ids, global positions, document ids and pre-shifted targets,
+Each rank gets its zigzag shard of the ids, global positions, document ids, code places and pre-shifted targets,
 and the global loss denominators; the shard losses sum to the full loss, and the parameter
 gradients summed over the group equal the full-sequence gradients.
 """
@@ -50,12 +50,18 @@ def shifted_targets(labels, loss_weights, segment_ids):
 
 def check_model_gradients(rank, world):
     torch.manual_seed(0)
-    config = LWMConfig.from_preset("tiny", attn_implementation="sdpa", attn_q_chunk=8, attn_kv_chunk=8)
+    # With a code grid (vectors not zero), whose places are counted on the whole rows and sharded with them.
+    tiny = dict(attn_q_chunk=8, attn_kv_chunk=8, vision_grid_size=4)
+    config = LWMConfig.from_preset("tiny", attn_implementation="sdpa", **tiny)
     reference = LWMForCausalLM(config)
-    model = LWMForCausalLM(LWMConfig.from_preset("tiny", attn_implementation="ring", attn_q_chunk=8, attn_kv_chunk=8))
+    with torch.no_grad():
+        reference.vision_grid.rows.normal_()
+        reference.vision_grid.columns.normal_()
+    model = LWMForCausalLM(LWMConfig.from_preset("tiny", attn_implementation="ring", **tiny))
     model.load_state_dict(reference.state_dict())
     input_ids, labels, segment_ids, loss_weights = multimodal_batch(config, torch.Generator().manual_seed(1))
     positions = document_positions(segment_ids)
+    grid_ids = reference.grid_ids_of(input_ids)
 
     full = reference(
         input_ids=input_ids, labels=labels, loss_weights=loss_weights, segment_ids=segment_ids, position_ids=positions
@@ -74,7 +80,7 @@ def check_model_gradients(rank, world):
         with sequence_parallel():
             out = model(
                 input_ids=shard(input_ids), position_ids=shard(positions), segment_ids=shard(segment_ids),
-                shift_labels=shard(targets), loss_weights=shard(weights), loss_denominators=denominators,
+                vision_grid_ids=shard(grid_ids), shift_labels=shard(targets), loss_weights=shard(weights), loss_denominators=denominators,
             )
             out.loss.backward()
 

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from lwm.data import world
+from lwm.tokenizers.configuration_vqgan import VQGANConfig
 from lwm.training.config import ConfigError, ScheduleConfig, load_config
 from lwm.training.trainer import deepspeed_config, lr_multiplier
 
@@ -132,3 +133,14 @@ def test_the_fourth_step_trains_the_third_further_on_its_data_and_is_what_ships(
     trained = [line for line in recipe.stdout.splitlines() if line.startswith("lwm train ")]
     assert trained[-2:] == ["lwm train configs/train/bundled-qa.yaml",
                             "lwm train configs/train/bundled-qa.yaml --export-only --export-dir bundled"]
+
+
+def test_the_code_grid_experiment_gives_the_fourth_step_a_grid():
+    fourth = load_config("configs/train/bundled-qa.yaml")
+    config = load_config("configs/train/bundled-grid.yaml")
+    assert config.model.name_or_path == f"{fourth.output_dir}/pretrained/stage{len(fourth.stages) - 1}"
+    assert config.model.vision_grid_size == VQGANConfig.from_preset("world").grid_size  # 16 x 16 codes a frame
+    assert config.optimizer.lr_scale == {"vision_grid.*": 20}
+    assert config.processor == fourth.processor
+    assert config.data.path == fourth.data.path and config.data.seed not in (fourth.data.seed, 0)
+    assert config.data.mixture == fourth.data.mixture

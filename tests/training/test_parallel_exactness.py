@@ -13,14 +13,17 @@ def data_dir(tmp_path_factory):
 
 def test_sequence_parallel_matches_one_process(data_dir, tmp_path):
     # Same rows: sp ranks hold zigzag shards of the rows one process sees whole. The ring run also
-    # checkpoints its layers, so its backward recomputes the ring attention.
-    single = tiny_config(tmp_path / "single", data_dir, batch={"micro_batch_size": 2})
+    # checkpoints its layers, so its backward recomputes the ring attention. Both models have a code
+    # grid, whose places the sp loader counts on the whole rows before cutting them.
+    single = tiny_config(tmp_path / "single", data_dir, batch={"micro_batch_size": 2}, model={"vision_grid_size": 4})
     ring = tiny_config(tmp_path / "sp2", data_dir, batch={"micro_batch_size": 2}, parallel={"sp_size": 2},
-                       model={"gradient_checkpointing": True})
+                       model={"gradient_checkpointing": True, "vision_grid_size": 4})
     train_in_processes(single, 1)
     train_in_processes(ring, 2)
     assert_same_curves(tmp_path / "sp2", tmp_path / "single")
-    assert_same_weights(final_weights(tmp_path / "sp2"), final_weights(tmp_path / "single"))
+    weights = final_weights(tmp_path / "sp2")
+    assert weights["vision_grid.columns"].abs().max() > 0  # the grid trained from zero
+    assert_same_weights(weights, final_weights(tmp_path / "single"))
 
 
 def test_data_parallel_matches_one_process_with_the_same_global_batch(data_dir, tmp_path):

@@ -75,6 +75,24 @@ def test_freezing_trains_only_the_vision_table_and_head_and_tensorboard_logs(dat
         assert moved == name.startswith(("vision_embed_tokens", "vision_head")), name
 
 
+def test_lr_scale_gives_matching_parameters_their_own_learning_rate(data_dir, tmp_path):
+    # Adam moves every weight by about lr a step, so after 3 steps a grid trained at lr / 1000 has
+    # moved at most ~3 lr / 1000, while the rest moves by ~lr.
+    lr = 1e-2
+    raw = tiny_config(tmp_path / "run", data_dir, model={"vision_grid_size": 4}, schedule={"warmup_steps": 0},
+                      optimizer={"lr": lr, "lr_scale": {"vision_grid.*": 1e-3}},
+                      stages=[{"seq_len": 32, "rope_theta": 10000.0, "steps": 3}])
+    train_in_processes(raw, 1)
+    trained = final_weights(tmp_path / "run")
+    torch.manual_seed(0)
+    start = LWMForCausalLM(LWMConfig.from_preset("tiny", vision_grid_size=4)).state_dict()
+    moved = {name: (trained[name].float() - start[name]).abs().max().item() for name in trained}
+    assert 0 < moved["vision_grid.columns"] < 4 * lr * 1e-3
+    assert moved["vision_embed_tokens.weight"] > lr / 2
+    with pytest.raises(Exception, match=r"optimizer.lr_scale: \['nothing\.\*'\] match no trainable parameter"):
+        train_in_processes(tiny_config(tmp_path / "bad", data_dir, optimizer={"lr_scale": {"nothing.*": 2.0}}), 1)
+
+
 def test_a_diverging_loss_stops_and_the_last_good_checkpoint_can_be_exported(data_dir, tmp_path):
     # An absurd learning rate blows the weights up after the first step; step 1 is checkpointed.
     raw = tiny_config(tmp_path, data_dir, optimizer={"lr": 1e30, "grad_clip": 0.0}, schedule={"warmup_steps": 0},
