@@ -213,15 +213,15 @@ def generate_sharded(
     prompt_len = input_ids.shape[1]
     prefill_len = prompt_len - prompt_len % chunks_per_sequence(layout, world)
 
+    places = model.grid_ids_of(input_ids)  # each prompt token's place in its frame, for a model with a grid
     logits = None
     if prefill_len:
         prefill = input_ids[:, :prefill_len]
-        grid_ids = model.grid_ids_of(prefill)
         with sequence_parallel(group, layout=layout):
             out = model(
                 input_ids=shard_sequence(prefill, 1, group=group, layout=layout),
                 position_ids=shard_positions(prefill_len, group=group, layout=layout, device=input_ids.device)[None],
-                vision_grid_ids=None if grid_ids is None else shard_sequence(grid_ids, 1, group=group, layout=layout),
+                vision_grid_ids=None if places is None else shard_sequence(places[:, :prefill_len], 1, group=group, layout=layout),
                 cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
@@ -234,13 +234,12 @@ def generate_sharded(
 
     sequence = input_ids
     pending = input_ids[:, prefill_len:]  # prompt tokens not prefilled, then each chosen token
+    pending_places = None if places is None else places[:, prefill_len:]  # and the places of those
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     while True:
-        grid_ids = model.grid_ids_of(sequence)
         for position in range(pending.shape[1]):
-            index = sequence.shape[1] - pending.shape[1] + position
-            token_grid = None if grid_ids is None else grid_ids[:, index : index + 1]
-            logits = _decode_step(model, pending[:, position : position + 1], token_grid, cache, group)
+            place = None if pending_places is None else pending_places[:, position : position + 1]
+            logits = _decode_step(model, pending[:, position : position + 1], place, cache, group)
         next_tokens = _choose(processors(sequence, logits), do_sample, generator) if rank == 0 else None
         next_tokens = _broadcast_tokens(next_tokens, logits, group, world)
         if eos_token_id is not None:
@@ -250,6 +249,8 @@ def generate_sharded(
         if sequence.shape[1] == prompt_len + max_new_tokens or bool(finished.all()):
             return sequence
         pending = next_tokens[:, None]
+        places = model.advance_grid_ids(None if places is None else places[:, -1:], pending)
+        pending_places = places
 
 
 def _decode_step(model, token: torch.LongTensor, grid_ids, cache: ShardedCache, group) -> torch.Tensor:

@@ -179,29 +179,26 @@ def iter_tokens(
     processors = LogitsProcessorList(processors)
     cache = DynamicCache(config=model.config)
     history, step_ids = input_ids, rows
+    places = model.grid_ids_of(input_ids)  # the frame place of the last token of each row, for a model with a grid
+    places = None if places is None else places[:, -1:]
     for phase, (num_tokens, sampling) in enumerate(schedule):
         if branches == 2 and phase > guided_phases[-1]:
             cache.batch_select_indices(torch.arange(batch, device=rows.device))
             branches, mask, step_ids = 1, mask[:batch], step_ids[:batch]
         warpers = sampling.warpers()
         for _ in range(num_tokens):
-            grid_ids = _grid_ids(model, history, branches) if cache.get_seq_length() else None
+            fed_places = places.repeat(branches, 1) if places is not None and cache.get_seq_length() else None
             output = model(step_ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1,
-                           vision_grid_ids=grid_ids)
+                           vision_grid_ids=fed_places)
             logits = output.logits[:, -1].float()
             if branches == 2:
                 logits = guide(logits[:batch], logits[batch:], sampling.guidance_scale)
             token = choose(warpers(history, processors(history, logits)), sampling.do_sample, generator)
             yield token
             history = torch.cat([history, token[:, None]], dim=1)
+            places = model.advance_grid_ids(places, token[:, None])
             step_ids = token.repeat(branches)[:, None]
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-
-
-def _grid_ids(model, history: torch.Tensor, branches: int) -> torch.LongTensor | None:
-    """The frame place of the token each row feeds next (the last of `history`), for a model with a grid."""
-    grid_ids = model.grid_ids_of(history)
-    return None if grid_ids is None else grid_ids[:, -1:].repeat(branches, 1)
 
 
 def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.LongTensor:

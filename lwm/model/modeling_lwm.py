@@ -112,6 +112,13 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
             return None
         return vision_grid_ids_of(input_ids, self.config.vocab_size, self.config.num_vision_codes)
 
+    def advance_grid_ids(self, last: torch.LongTensor | None, tokens: torch.LongTensor) -> torch.LongTensor | None:
+        """The places of `tokens` [batch, 1] that follow tokens at places `last` [batch, 1] (a decoding step
+        needs no look back): a code takes the place after its predecessor's (-1 + 1 = 0 after other tokens)."""
+        if last is None:
+            return None
+        return torch.where(self.grid_ids_of(tokens) >= 0, last + 1, -1)
+
     def embed(
         self, input_ids: torch.LongTensor, vision_grid_ids: torch.LongTensor | None = None, continues: bool = False
     ) -> torch.Tensor:
