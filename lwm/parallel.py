@@ -221,7 +221,9 @@ def generate_sharded(
             out = model(
                 input_ids=shard_sequence(prefill, 1, group=group, layout=layout),
                 position_ids=shard_positions(prefill_len, group=group, layout=layout, device=input_ids.device)[None],
-                vision_grid_ids=None if places is None else shard_sequence(places[:, :prefill_len], 1, group=group, layout=layout),
+                vision_grid_ids=(
+                    None if places is None else shard_sequence(places[:, :prefill_len], 1, group=group, layout=layout)
+                ),
                 cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
@@ -249,8 +251,7 @@ def generate_sharded(
         if sequence.shape[1] == prompt_len + max_new_tokens or bool(finished.all()):
             return sequence
         pending = next_tokens[:, None]
-        places = model.advance_grid_ids(None if places is None else places[:, -1:], pending)
-        pending_places = places
+        places = pending_places = model.advance_grid_ids(places, pending)
 
 
 def _decode_step(model, token: torch.LongTensor, grid_ids, cache: ShardedCache, group) -> torch.Tensor:

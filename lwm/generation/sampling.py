@@ -179,8 +179,7 @@ def iter_tokens(
     processors = LogitsProcessorList(processors)
     cache = DynamicCache(config=model.config)
     history, step_ids = input_ids, rows
-    places = model.grid_ids_of(input_ids)  # the frame place of the last token of each row, for a model with a grid
-    places = None if places is None else places[:, -1:]
+    places = model.grid_ids_of(input_ids)  # each token's place in its frame, for a model with a grid
     for phase, (num_tokens, sampling) in enumerate(schedule):
         if branches == 2 and phase > guided_phases[-1]:
             cache.batch_select_indices(torch.arange(batch, device=rows.device))

@@ -17,8 +17,9 @@ class LWMConfig(LlamaConfig):
     frame) is vocab_size + K and `<eov>` (end of vision) vocab_size + K + 1, with K =
     `num_vision_codes`. `vision_vocab_size` >= K + 2 rows exist in the vision table and head
     (LWM: 8448). `vision_grid_size` G > 0 adds a learned row and column embedding to each vision code
-    (frames of G × G codes; LWM has none: 0). The attention backend is `attn_implementation`: "sdpa", "blockwise", "ring" or
-    "flash_attention_2"; `attn_q_chunk`/`attn_kv_chunk` size the blocks of blockwise and ring.
+    (frames of G × G codes; LWM has none: 0). The attention backend is `attn_implementation`:
+    "sdpa", "blockwise", "ring" or "flash_attention_2"; `attn_q_chunk`/`attn_kv_chunk` size the
+    blocks of blockwise and ring.
     """
 
     model_type = "lwm"
@@ -37,7 +38,9 @@ class LWMConfig(LlamaConfig):
                 "plus <eof> and <eov>"
             )
         if self.vision_grid_size < 0:
-            raise ValueError(f"vision_grid_size must be 0 (none) or the side of a frame's code grid, got {self.vision_grid_size}")
+            raise ValueError(
+                f"vision_grid_size must be 0 (none) or the side of a frame's code grid, got {self.vision_grid_size}"
+            )
         if self.attn_q_chunk < 1 or self.attn_kv_chunk < 1:
             raise ValueError("attn_q_chunk and attn_kv_chunk must be positive")
 

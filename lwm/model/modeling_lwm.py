@@ -112,12 +112,13 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
             return None
         return vision_grid_ids_of(input_ids, self.config.vocab_size, self.config.num_vision_codes)
 
-    def advance_grid_ids(self, last: torch.LongTensor | None, tokens: torch.LongTensor) -> torch.LongTensor | None:
-        """The places of `tokens` [batch, 1] that follow tokens at places `last` [batch, 1] (a decoding step
-        needs no look back): a code takes the place after its predecessor's (-1 + 1 = 0 after other tokens)."""
-        if last is None:
+    def advance_grid_ids(self, places: torch.LongTensor | None, tokens: torch.LongTensor) -> torch.LongTensor | None:
+        """The places of `tokens` [batch, 1] that follow tokens whose places were `places` [batch, n] (a
+        decoding step needs no look back): a code takes the place after the last one's (-1 + 1 = 0 after
+        any other token). None for a model without the grid."""
+        if places is None:
             return None
-        return torch.where(self.grid_ids_of(tokens) >= 0, last + 1, -1)
+        return torch.where(self.grid_ids_of(tokens) >= 0, places[:, -1:] + 1, -1)
 
     def embed(
         self, input_ids: torch.LongTensor, vision_grid_ids: torch.LongTensor | None = None, continues: bool = False
@@ -190,7 +191,8 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
             cache = DynamicCache(config=self.config)
         past = cache.get_seq_length() if cache is not None else 0
         if inputs_embeds is None:
-            hidden = self.embed(input_ids, vision_grid_ids, continues=past > 0 or active_sequence_parallel() is not None)
+            continues = past > 0 or active_sequence_parallel() is not None
+            hidden = self.embed(input_ids, vision_grid_ids, continues=continues)
         else:
             hidden = inputs_embeds
         batch, seq = hidden.shape[:2]

@@ -218,6 +218,13 @@ def test_a_grid_model_decodes_guided_video_and_continuations_as_recomputation(gr
     context = torch.cat([CONDITIONAL[1], layout.frame_ids(given)])
     expected, _ = reference_greedy(grid_model, layout, context, UNCONDITIONAL, [1.0] * 2 * layout.frame_length, 2)
     assert torch.equal(new, layout.frame_codes(torch.tensor(expected), FRAME))
+    # A prompt that ends inside a frame: the first generated code takes the place after the prompt's last.
+    prompt = torch.cat([CONDITIONAL[0], torch.tensor([layout.first_code_id + 1])])
+    steps = 2 * layout.frame_length - 1
+    structure = FrameStructureLogitsProcessor(layout, 2, len(prompt) - 1)
+    greedy = sample(grid_model, prompt, schedule=[(steps, GREEDY)], processors=[structure])
+    expected, _ = reference_greedy(grid_model, layout, prompt, UNCONDITIONAL, [1.0] * steps, 2, block_done=1)
+    assert greedy[0].tolist() == expected
 
 
 def test_video_continuation_is_the_rollout_after_the_given_frames(model, layout):

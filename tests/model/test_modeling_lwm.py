@@ -164,7 +164,10 @@ def test_left_padded_generation_matches_unpadded():
 def test_vision_grid_ids_count_each_codes_place_in_its_frame():
     config = LWMConfig.from_preset("tiny")
     v, eof, eov = config.vocab_size, config.eof_token_id, config.eov_token_id
-    ids = torch.tensor([[5, 6, v + 3, v + 3, v + 9, eof, v + 1, v + 2, eov, 0, v], [v, v + 1, eof, 7, 8, 9, 9, 9, 9, 9, 9]])
+    ids = torch.tensor([
+        [5, 6, v + 3, v + 3, v + 9, eof, v + 1, v + 2, eov, 0, v],
+        [v, v + 1, eof, 7, 8, 9, 9, 9, 9, 9, 9],
+    ])
     assert vision_grid_ids_of(ids, v, config.num_vision_codes).tolist() == [
         [-1, -1, 0, 1, 2, -1, 0, 1, -1, -1, 0],
         [0, 1, -1, -1, -1, -1, -1, -1, -1, -1, -1],

@@ -80,7 +80,8 @@ def check_model_gradients(rank, world):
         with sequence_parallel():
             out = model(
                 input_ids=shard(input_ids), position_ids=shard(positions), segment_ids=shard(segment_ids),
-                vision_grid_ids=shard(grid_ids), shift_labels=shard(targets), loss_weights=shard(weights), loss_denominators=denominators,
+                vision_grid_ids=shard(grid_ids), shift_labels=shard(targets), loss_weights=shard(weights),
+                loss_denominators=denominators,
             )
             out.loss.backward()
 
