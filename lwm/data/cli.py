@@ -53,6 +53,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                             "image_text text_to_video video_continuation text; also video_conversation, 2-4 "
                             "questions in one chat, and unconditional, the still alone for classifier-free "
                             "guidance; docs/data.md)")
+    world.add_argument("--qa-types", nargs="+", default=None, metavar="TYPE",
+                       help="the question types that video_qa asks (default: all of count colour shape size "
+                            "direction bounce next_wall); conversations keep every type")
     world.add_argument("--needles", type=int, default=0,
                        help="also write this many needle-retrieval records (a number hidden in filler text, then "
                             "asked for; training seeds) (default: 0)")
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_world(args: argparse.Namespace) -> int:
-    from lwm.data.world import DEFAULT_TASKS, split_seeds, write_world_dataset
+    from lwm.data.world import DEFAULT_TASKS, QUESTION_TYPES, split_seeds, write_world_dataset
 
     if args.clips < 0 or args.clips == 0 and args.needles < 1:
         print("lwm data world: --clips must be at least 1 (or 0 with --needles)", file=sys.stderr)
@@ -102,7 +105,8 @@ def _run_world(args: argparse.Namespace) -> int:
         manifest = write_world_dataset(args.out, split_seeds(args.split, args.clips), fps=args.fps,
                                        tasks=tuple(args.tasks or DEFAULT_TASKS), progress=not args.no_progress,
                                        workers=args.workers, needles=args.needles,
-                                       needle_chars=tuple(args.needle_chars), needle_spread=args.needle_spread)
+                                       needle_chars=tuple(args.needle_chars), needle_spread=args.needle_spread,
+                                       qa_types=tuple(args.qa_types or QUESTION_TYPES))
     except ValueError as error:
         print(f"lwm data world: {error}", file=sys.stderr)
         return 2

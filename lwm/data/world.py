@@ -676,12 +676,13 @@ def _qa_chat(qas: list[QA], video: str) -> list[dict]:
     return messages
 
 
-def world_records(clip: Clip, files: dict[str, str], tasks: tuple[str, ...] = DEFAULT_TASKS) -> list[dict]:
+def world_records(clip: Clip, files: dict[str, str], tasks: tuple[str, ...] = DEFAULT_TASKS,
+                  qa_types: tuple[str, ...] = QUESTION_TYPES) -> list[dict]:
     """The manifest records of one clip for `tasks`, pointing at its `files` (see `clip_files`).
 
     The format is lwm.data.manifest's. A caption is learnt video→text and a prompt text→video (their
-    "direction"); an image and its description both ways. `video_qa` asks every question alone;
-    `video_conversation` asks a few of them in one chat (see `conversation`); `unconditional` is the
+    "direction"); an image and its description both ways. `video_qa` asks every question of `qa_types` alone;
+    `video_conversation` asks a few of any type in one chat (see `conversation`); `unconditional` is the
     still after `<s><vision>` alone, the branch classifier-free guidance subtracts.
     """
     records = []
@@ -690,7 +691,8 @@ def world_records(clip: Clip, files: dict[str, str], tasks: tuple[str, ...] = DE
                         "direction": "understanding"})
     if "video_qa" in tasks:
         for qa in questions(clip):
-            records.append({"messages": _qa_chat([qa], files["video"]), "task": "video_qa"})
+            if qa.type in qa_types:
+                records.append({"messages": _qa_chat([qa], files["video"]), "task": "video_qa"})
     if "video_conversation" in tasks:
         records.append({"messages": conversation(clip, files["video"]), "task": "video_conversation"})
     if "image_text" in tasks:
@@ -715,17 +717,21 @@ def world_records(clip: Clip, files: dict[str, str], tasks: tuple[str, ...] = DE
 def write_world_dataset(out_dir: str | Path, seeds, config: WorldConfig = WorldConfig(),
                         tasks: tuple[str, ...] = DEFAULT_TASKS, fps: float = 8.0, progress: bool = True,
                         workers: int = 1, needles: int = 0, needle_chars: tuple[int, int] = (200, 12000),
-                        needle_spread: NeedleSpread = "uniform") -> Path:
+                        needle_spread: NeedleSpread = "uniform", qa_types: tuple[str, ...] = QUESTION_TYPES) -> Path:
     """Render the clips of `seeds` under `out_dir` with their files (see `clip_files`) and write
     `out_dir/manifest.jsonl`, one JSON record per line (see `world_records`); returns its path.
 
     Use `split_seeds("train", n)` for training data and `split_seeds("held_out", n)` for evaluation.
     `workers` processes render in parallel; the manifest is the same whatever their number. `needles`
-    adds that many needle-retrieval records (see `needle_records`) after the clips' records.
+    adds that many needle-retrieval records (see `needle_records`) after the clips' records. `qa_types`
+    narrows the questions that `video_qa` asks (conversations keep every type).
     """
     unknown = set(tasks) - set(TASKS)
     if unknown:
         raise ValueError(f"unknown tasks {sorted(unknown)}; expected some of {TASKS}")
+    unknown = set(qa_types) - set(QUESTION_TYPES)
+    if unknown:
+        raise ValueError(f"unknown question types {sorted(unknown)}; expected some of {QUESTION_TYPES}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     out_dir = Path(out_dir)
@@ -734,7 +740,7 @@ def write_world_dataset(out_dir: str | Path, seeds, config: WorldConfig = WorldC
     # first: bad settings fail before any rendering
     needle_examples = needle_records(needles, needle_chars, needle_spread)
     seeds = list(seeds)
-    render_one = partial(_write_clip, out_dir=out_dir, config=config, tasks=tasks, fps=fps)
+    render_one = partial(_write_clip, out_dir=out_dir, config=config, tasks=tasks, fps=fps, qa_types=qa_types)
     manifest = out_dir / "manifest.jsonl"
     with manifest.open("w") as sink, _pool(workers) as pool:
         rendered = pool.imap(render_one, seeds, chunksize=16) if pool else map(render_one, seeds)
@@ -773,7 +779,8 @@ def needle_records(count: int, chars: tuple[int, int], spread: NeedleSpread = "u
     return records
 
 
-def _write_clip(seed: int, out_dir: Path, config: WorldConfig, tasks: tuple[str, ...], fps: float) -> list[dict]:
+def _write_clip(seed: int, out_dir: Path, config: WorldConfig, tasks: tuple[str, ...], fps: float,
+                qa_types: tuple[str, ...]) -> list[dict]:
     clip = generate_clip(seed, config)
     files = clip_files(seed)
     save_video(clip.frames, out_dir / files["video"], fps=fps)
@@ -782,7 +789,7 @@ def _write_clip(seed: int, out_dir: Path, config: WorldConfig, tasks: tuple[str,
         context, future = continuation(clip, CONTINUATION_FRAMES, CONTINUATION_FRAMES)
         save_video(context.frames, out_dir / files["context"], fps=fps)
         save_video(future.frames, out_dir / files["future"], fps=fps)
-    return world_records(clip, files, tasks)
+    return world_records(clip, files, tasks, qa_types)
 
 
 @contextlib.contextmanager

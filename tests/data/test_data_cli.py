@@ -42,6 +42,8 @@ def test_lwm_data_world_writes_needles_and_refuses_bad_settings(tmp_path, capsys
     assert "workers must be at least 1" in capsys.readouterr().err
     assert main(["data", "world", str(tmp_path), "--clips", "1", "--needles", "1", "--needle-chars", "500", "100"]) == 2
     assert "haystack" in capsys.readouterr().err
+    assert main(["data", "world", str(tmp_path), "--clips", "1", "--qa-types", "speed"]) == 2
+    assert "unknown question types ['speed']" in capsys.readouterr().err
 
 
 def test_lwm_data_world_help_names_every_task_and_the_defaults(capsys):

@@ -242,6 +242,19 @@ def test_write_world_dataset(tmp_path):
         world.write_world_dataset(tmp_path, [5], tasks=("dance",), progress=False)
 
 
+def test_video_qa_can_ask_some_question_types_only(tmp_path):
+    motion = ("direction", "bounce", "next_wall")
+    manifest = world.write_world_dataset(tmp_path, [5, 6], tasks=("video_qa", "video_conversation"),
+                                         qa_types=motion, progress=False)
+    records = read_manifest(manifest)
+    asked = {record.data["messages"][0]["content"][0]["text"] for record in records if record.task == "video_qa"}
+    wanted = {qa.question for seed in (5, 6) for qa in world.questions(world.generate_clip(seed)) if qa.type in motion}
+    assert asked == wanted
+    assert sum(record.task == "video_conversation" for record in records) == 2
+    with pytest.raises(ValueError, match="unknown question types"):
+        world.write_world_dataset(tmp_path, [5], qa_types=("speed",), progress=False)
+
+
 def test_conversations_ask_several_questions_with_the_video_first(clips):
     lengths = set()
     for clip in clips[:30]:
