@@ -393,12 +393,25 @@ def score_answer(predicted: str, qa: QA) -> bool:
 
     "Red.", "red" and "It is red" answer a colour question "red"; "red or blue" does not.
     """
-    words = re.findall(r"[a-z]+(?:-[a-z]+)?|\d+", predicted.lower())
+    return _answer_words(predicted, qa.type) == _answer_words(qa.answer, qa.type)
+
+
+def direction_parts_right(predicted: str, qa: QA) -> tuple[bool, bool]:
+    """For a direction question: whether a free-text answer gets the horizontal and the vertical part of
+    the motion right ("up" for "up-right" gets only the vertical part); an answer that does not name one
+    direction gets neither."""
+    given = _answer_words(predicted, "direction")
+    if len(given) != 1:
+        return False, False
+    said, true = DIRECTIONS[given.pop()], DIRECTIONS[qa.answer]
+    return said[0] == true[0], said[1] == true[1]
+
+
+def _answer_words(text: str, kind: str) -> set[str]:
+    """The words of `text` that answer a question of type `kind`, digits read as number words."""
+    words = re.findall(r"[a-z]+(?:-[a-z]+)?|\d+", text.lower())
     words = [NUMBER_WORDS[int(w)] if w.isdigit() and int(w) < len(NUMBER_WORDS) else w for w in words]
-    vocabulary = _ANSWER_WORDS[qa.type]
-    given = {w for w in words if w in vocabulary}
-    expected = {w for w in re.findall(r"[a-z]+(?:-[a-z]+)?", qa.answer) if w in vocabulary}
-    return given == expected
+    return {w for w in words if w in _ANSWER_WORDS[kind]}
 
 
 @dataclass(frozen=True)

@@ -184,8 +184,9 @@ def score_continuation(frames: np.ndarray, future: world.Clip) -> judge.Continua
 def evaluate_video_qa(subject: Subject, clips: list[world.Clip], config: WorldEvalConfig,
                       progress: bool = False) -> TaskResult:
     """Accuracy by question type, and `<type>.majority_baseline`: the accuracy of always giving the
-    type's most common answer on these clips, what a model that ignores the video can reach."""
-    tally, answers, samples = Tally(), defaultdict(Counter), []
+    type's most common answer on these clips, what a model that ignores the video can reach; for the
+    direction, also how often its horizontal and its vertical part are right."""
+    tally, direction_parts, answers, samples = Tally(), Tally(), defaultdict(Counter), []
     for clip in tqdm(clips, desc="video QA", disable=not progress):
         qas = world.questions(clip)
         replies = subject.answer(clip.frames, [qa.question for qa in qas], config.answer_tokens)
@@ -193,6 +194,9 @@ def evaluate_video_qa(subject: Subject, clips: list[world.Clip], config: WorldEv
             right = judge.score_answer(reply, qa)
             tally.add(qa.type, right)
             answers[qa.type][qa.answer] += 1
+            if qa.type == "direction":
+                for part, part_right in zip(("horizontal", "vertical"), judge.direction_parts_right(reply, qa)):
+                    direction_parts.add(part, part_right)
             if len(samples) < SAMPLES_KEPT:
                 samples.append({"seed": clip.seed, "question": qa.question, "answer": qa.answer, "reply": reply,
                                 "correct": right})
@@ -202,6 +206,8 @@ def evaluate_video_qa(subject: Subject, clips: list[world.Clip], config: WorldEv
     for kind, entry in by_type.items():
         metrics[f"{kind}.accuracy"] = entry["accuracy"]
         metrics[f"{kind}.majority_baseline"] = answers[kind].most_common(1)[0][1] / entry["total"]
+    for part, entry in direction_parts.summary().items():
+        metrics[f"direction.{part}_accuracy"] = entry["accuracy"]
     return TaskResult({"metrics": metrics, "questions": total, "by_type": by_type,
                        "seeds": [clip.seed for clip in clips], "samples": samples})
 

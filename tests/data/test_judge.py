@@ -169,6 +169,15 @@ def test_scores_answers(answer, expected, correct):
     assert judge.score_answer(answer, world.QA(qa_type, "?", expected)) is correct
 
 
+@pytest.mark.parametrize("answer, expected, parts", [
+    ("up-right", "up-right", (True, True)), ("up", "up-right", (False, True)), ("It goes right.", "up-right", (True, False)),
+    ("down-left", "up-right", (False, False)), ("left", "left", (True, True)), ("up-left", "left", (True, False)),
+    ("up or down", "up", (False, False)), ("", "up", (False, False)),
+])
+def test_scores_the_parts_of_a_direction(answer, expected, parts):
+    assert judge.direction_parts_right(answer, world.QA("direction", "?", expected)) == parts
+
+
 def test_scores_continuations():
     clip = world.generate_clip(21)
     context, future = world.continuation(clip, clip.n_frames // 2, n_future=8)

@@ -119,6 +119,17 @@ def test_majority_baseline_is_always_giving_the_most_common_answer(clips):
     assert metrics["bounce.accuracy"] == bounced.count(True) / len(bounced) <= metrics["bounce.majority_baseline"]
 
 
+def test_direction_parts_tell_a_missed_sideways_motion(clips):
+    vertical_only = GroundTruth(clips, CONFIG)  # says "up" for "up-right"
+    truth = vertical_only.answer
+    vertical_only.answer = lambda frames, questions, max_new_tokens: [
+        answer.split("-")[0] for answer in truth(frames, questions, max_new_tokens)]
+    metrics = evaluate_world(vertical_only, ["video_qa"], CONFIG)["video_qa"].summary["metrics"]
+    moves = [world.DIRECTIONS[obj.direction] for clip in clips for obj in clip.objects]
+    assert metrics["direction.horizontal_accuracy"] == sum(0 in move for move in moves) / len(moves) < 1
+    assert metrics["direction.vertical_accuracy"] == 1.0
+
+
 def test_conversation_keeps_the_turns_apart(clips):
     echo = GroundTruth(clips, CONFIG)  # answers the first question right, then repeats that answer
     echo.converse = lambda frames, questions, max_new_tokens: echo.answer(frames, questions[:1], 1) * len(questions)
