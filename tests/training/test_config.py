@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +145,17 @@ def test_the_code_grid_experiment_gives_the_fourth_step_a_grid():
     assert config.processor == fourth.processor
     assert config.data.path == fourth.data.path and config.data.seed not in (fourth.data.seed, 0)
     assert config.data.mixture == fourth.data.mixture
+
+
+def test_the_motion_experiment_trains_the_fourth_step_on_the_data_its_header_writes():
+    fourth = load_config("configs/train/bundled-qa.yaml")
+    config = load_config("configs/train/bundled-motion.yaml")
+    assert config.model.name_or_path == f"{fourth.output_dir}/pretrained/stage{len(fourth.stages) - 1}"
+    assert config.processor == fourth.processor
+    assert [stage.seq_len for stage in config.stages] == [fourth.stages[-1].seq_len]
+    header = Path("configs/train/bundled-motion.yaml").read_text().replace("\\\n#", " ")
+    world_command = header.split("lwm data world ")[1].splitlines()[0]
+    assert "--qa-types direction bounce next_wall " in world_command
+    written = world_command.split("--tasks")[1].split("--workers")[0].split()
+    assert set(written) | {"needle"} == set(config.data.mixture)
+    assert f"--out {config.data.path} " in header
