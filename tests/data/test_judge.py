@@ -170,7 +170,8 @@ def test_scores_answers(answer, expected, correct):
 
 
 @pytest.mark.parametrize("answer, expected, parts", [
-    ("up-right", "up-right", (True, True)), ("up", "up-right", (False, True)), ("It goes right.", "up-right", (True, False)),
+    ("up-right", "up-right", (True, True)), ("up", "up-right", (False, True)),
+    ("It goes right.", "up-right", (True, False)),
     ("down-left", "up-right", (False, False)), ("left", "left", (True, True)), ("up-left", "left", (True, False)),
     ("up or down", "up", (False, False)), ("", "up", (False, False)),
 ])
