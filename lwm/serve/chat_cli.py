@@ -84,14 +84,14 @@ def run(args: argparse.Namespace) -> int:
         repl.handle(f"/image {_quoted(path)}")
     for path in args.video:
         repl.handle(f"/video {_quoted(path)}")
+    if len(repl.pending) != len(args.image) + len(args.video):
+        return 1  # an attachment named on the command line failed (its error is printed): answer nothing without it
     if args.prompt is None:
         return repl.run()
     question = args.prompt
     if not sys.stdin.isatty():
         piped = sys.stdin.read().strip()
         question = f"{question}\n{piped}" if piped else question
-    if len(repl.pending) != len(args.image) + len(args.video):
-        return 1  # an attachment failed; its error is printed
     return 0 if repl.ask(question) else 1
 
 

@@ -274,6 +274,16 @@ def test_questions_piped_on_stdin(lwm, tiny_model_dir, monkeypatch, capsys):
     assert out == f"{first}\n{second}\n"
 
 
+def test_a_missing_video_on_the_command_line_stops_the_chat_before_any_answer(tiny_model_dir, tmp_path,
+                                                                             monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("How many objects are there?\n"))
+    missing = tmp_path / "clip.mp4"
+    assert main(["chat", "--model", str(tiny_model_dir), "--video", str(missing), "--max-tokens", "3"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"'{missing}': no such file" in captured.err
+
+
 def test_missing_model_is_a_clear_error(capsys):
     assert main(["chat", "--model", "/nonexistent/model", "-p", "hi"]) == 1
     assert "not a model folder" in capsys.readouterr().err
