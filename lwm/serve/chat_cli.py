@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     for path in args.video:
         repl.handle(f"/video {_quoted(path)}")
     if len(repl.pending) != len(args.image) + len(args.video):
-        return 1  # an attachment named on the command line failed (its error is printed): answer nothing without it
+        return 1  # a command-line attachment failed (its error is printed): answer nothing without it
     if args.prompt is None:
         return repl.run()
     question = args.prompt
