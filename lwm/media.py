@@ -287,8 +287,12 @@ def _decode_selected(container, stream, wanted: np.ndarray, name: str) -> np.nda
     return np.stack([kept[i] for i in wanted.tolist()])
 
 
-def save_video(frames: np.ndarray, path: str | os.PathLike, fps: float = 8.0) -> None:
-    """Write `uint8[T, H, W, 3]` frames as MP4 (H.264), MOV/MKV (H.264) or GIF, chosen by extension."""
+def save_video(frames: np.ndarray, path: str | os.PathLike, fps: float = 8.0, lossless: bool = False) -> None:
+    """Write `uint8[T, H, W, 3]` frames as MP4 (H.264), MOV/MKV (H.264) or GIF, chosen by extension.
+
+    lossless: H.264 in RGB at quantiser 0, which decodes to exactly the frames written (training media:
+    a tokenizer whose codes each see one patch changes a code for any compression noise in it).
+    """
     frames = _checked_frames(np.asarray(frames), str(path), single=False)
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
@@ -304,10 +308,11 @@ def save_video(frames: np.ndarray, path: str | os.PathLike, fps: float = 8.0) ->
     height, width = frames.shape[1:3]
     if height % 2 or width % 2:
         raise MediaError(f"{path}: H.264 needs even frame sizes, got {width}x{height}")
+    codec, pix_fmt, options = ("libx264rgb", "rgb24", {"qp": "0"}) if lossless else ("libx264", "yuv420p", {"crf": "12"})
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": "12", "preset": "medium"}
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.options = {**options, "preset": "medium"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

@@ -634,6 +634,7 @@ def clip_files(seed: int) -> dict[str, str]:
     return {
         "video": f"clips/{seed:07d}.mp4",
         "image": f"images/{seed:07d}.png",  # one frame of the clip
+        "opening": f"openings/{seed:07d}.mp4",  # the first TEXT_TO_VIDEO_FRAMES frames
         "context": f"continuation/{seed:07d}_context.mp4",  # the first CONTINUATION_FRAMES frames
         "future": f"continuation/{seed:07d}_future.mp4",  # the next CONTINUATION_FRAMES, by the physics
     }
@@ -643,6 +644,11 @@ def clip_files(seed: int) -> dict[str, str]:
 # a fixed count (not a share of the clip) keeps the motion per frame the same in every example, so a
 # processor sampling `max_frames` frames leaves both videos whole when max_frames >= this.
 CONTINUATION_FRAMES = 4
+
+# A text -> video example draws this many consecutive frames from the clip's start: the prompt names each
+# object's starting direction and no bounce, which frames spread over the whole clip (bounces included)
+# would contradict. Objects move at least `steps_before_bounce` steps before a bounce, so these show none.
+TEXT_TO_VIDEO_FRAMES = 4
 
 
 def still_frame(clip: Clip) -> int:
@@ -701,7 +707,7 @@ def world_records(clip: Clip, files: dict[str, str], tasks: tuple[str, ...] = DE
     if "unconditional" in tasks:
         records.append({"image": files["image"], "task": "unconditional", "direction": "unconditional"})
     if "text_to_video" in tasks:
-        records.append({"video": files["video"], "caption": prompt_for(clip), "task": "text_to_video",
+        records.append({"video": files["opening"], "caption": prompt_for(clip), "task": "text_to_video",
                         "direction": "generation"})
     if "video_continuation" in tasks:
         records.append({"messages": [
@@ -735,7 +741,7 @@ def write_world_dataset(out_dir: str | Path, seeds, config: WorldConfig = WorldC
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     out_dir = Path(out_dir)
-    for folder in ("clips", "images", "continuation"):
+    for folder in ("clips", "images", "openings", "continuation"):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     # first: bad settings fail before any rendering
     needle_examples = needle_records(needles, needle_chars, needle_spread)
@@ -783,12 +789,14 @@ def _write_clip(seed: int, out_dir: Path, config: WorldConfig, tasks: tuple[str,
                 qa_types: tuple[str, ...]) -> list[dict]:
     clip = generate_clip(seed, config)
     files = clip_files(seed)
-    save_video(clip.frames, out_dir / files["video"], fps=fps)
+    save_video(clip.frames, out_dir / files["video"], fps=fps, lossless=True)
     save_image(clip.frames[still_frame(clip)], out_dir / files["image"])
+    if "text_to_video" in tasks:
+        save_video(clip.frames[:TEXT_TO_VIDEO_FRAMES], out_dir / files["opening"], fps=fps, lossless=True)
     if "video_continuation" in tasks:
         context, future = continuation(clip, CONTINUATION_FRAMES, CONTINUATION_FRAMES)
-        save_video(context.frames, out_dir / files["context"], fps=fps)
-        save_video(future.frames, out_dir / files["future"], fps=fps)
+        save_video(context.frames, out_dir / files["context"], fps=fps, lossless=True)
+        save_video(future.frames, out_dir / files["future"], fps=fps, lossless=True)
     return world_records(clip, files, tasks, qa_types)
 
 
