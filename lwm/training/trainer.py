@@ -126,14 +126,14 @@ def build_model(config: TrainConfig, stage: StageConfig, mesh: Mesh, start_from:
     if Path(source, "config.json").is_file():
         model = LWMForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation=attention, **grid)
         _set_rope_theta(model, stage.rope_theta)
-    elif source in LWMConfig.preset_names():
+    elif source in LWMConfig.preset_names() or source.endswith(".json"):
         model = LWMForCausalLM(
             LWMConfig.from_preset(source, rope_theta=stage.rope_theta, attn_implementation=attention, **grid)
         )
     else:
         raise ConfigError(
-            f"model.name_or_path={source!r} is neither a preset ({', '.join(LWMConfig.preset_names())}) "
-            "nor a folder with a config.json"
+            f"model.name_or_path={source!r} is neither a preset ({', '.join(LWMConfig.preset_names())}), "
+            "a model config .json file nor a folder with a config.json"
         )
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -3,11 +3,12 @@ import warnings
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicCache
 
 from lwm.model import LWMConfig, LWMForCausalLM, lwm_loss
-from lwm.model.modeling_lwm import vision_grid_ids_of
+from lwm.model.modeling_lwm import rotary_axes, vision_grid_ids_of
 
 
 def tiny_model(backend="sdpa", seed=0, **overrides):
@@ -25,9 +26,9 @@ def multimodal_ids(config, batch=2, length=48, seed=0):
     return ids
 
 
-def grid_model(backend="sdpa"):
+def grid_model(backend="sdpa", rope_3d=False):
     """A tiny model with a 4 x 4 code grid whose row and column vectors are not zero."""
-    model = tiny_model(backend, vision_grid_size=4)
+    model = tiny_model(backend, vision_grid_size=4, vision_rope_3d=rope_3d)
     with torch.no_grad():
         model.vision_grid.rows.normal_()
         model.vision_grid.columns.normal_()
@@ -203,8 +204,9 @@ def test_a_grid_added_to_a_trained_model_changes_nothing_until_trained(tmp_path)
     assert changed[:first_code].max() == 0 and changed[first_code:].min() > 0
 
 
-def test_decoding_a_grid_model_needs_the_grid_ids_and_then_equals_recomputation():
-    model = grid_model()
+@pytest.mark.parametrize("rope_3d", [False, True])
+def test_decoding_a_grid_model_needs_the_grid_ids_and_then_equals_recomputation(rope_3d):
+    model = grid_model(rope_3d=rope_3d)
     ids = multimodal_ids(model.config)
     full = model(ids).logits
     cache = DynamicCache(config=model.config)
@@ -218,8 +220,9 @@ def test_decoding_a_grid_model_needs_the_grid_ids_and_then_equals_recomputation(
         torch.testing.assert_close(step[:, 0], full[:, position], atol=1e-5, rtol=0)
 
 
-def test_generate_feeds_a_grid_model_its_grid_ids():
-    model = grid_model("blockwise")
+@pytest.mark.parametrize("rope_3d", [False, True])
+def test_generate_feeds_a_grid_model_its_grid_ids(rope_3d):
+    model = grid_model("blockwise", rope_3d)
     prompt = multimodal_ids(model.config, 2, 24)[:, :14]  # ends inside a run of codes
     generated = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
     ids = prompt
@@ -271,3 +274,30 @@ def test_flash_attention_2_agrees_with_sdpa_on_gpu():
     for kwargs in ({}, {"segment_ids": segments}):
         want, got = reference(ids, **kwargs).logits.float(), flash(ids, **kwargs).logits.float()
         torch.testing.assert_close(got, want, atol=3e-2, rtol=0)
+
+
+def test_rotary_axes_give_codes_their_row_and_column_and_text_its_position():
+    # text at 0-1, a 2 x 2 frame at 2-5, <eof> at 6, the next frame at 7-10, text at 11
+    grid_ids = torch.tensor([[-1, -1, 0, 1, 2, 3, -1, 0, 1, 2, 3, -1]])
+    positions = torch.arange(12)[None]
+    sequence, row, column = rotary_axes(positions, grid_ids, grid_size=2)
+    assert sequence.tolist() == positions.tolist()
+    assert row.tolist() == [[0, 1, 2, 2, 3, 3, 6, 7, 7, 8, 8, 11]]
+    assert column.tolist() == [[0, 1, 2, 3, 2, 3, 6, 7, 8, 7, 8, 11]]
+
+
+def test_rope_3d_leaves_text_as_1d_rope_and_turns_codes_by_their_place():
+    flat, rotated = tiny_model(vision_grid_size=4), tiny_model(vision_grid_size=4, vision_rope_3d=True)
+    rotated.load_state_dict(flat.state_dict())
+    text = torch.randint(3, flat.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(rotated(text).logits, flat(text).logits, rtol=0, atol=0)
+    ids = multimodal_ids(flat.config)
+    changed = (rotated(ids).logits - flat(ids).logits).abs().amax(dim=(0, 2))
+    first_code = ids.shape[1] // 4
+    assert changed[: first_code + 1].max() == 0  # a frame's first code is at row 0, column 0 of its frame
+    assert changed[first_code + 2 :].min() > 0
+
+
+def test_rope_3d_needs_the_grid():
+    with pytest.raises(StrictDataclassClassValidationError, match="vision_rope_3d needs vision_grid_size"):
+        LWMConfig.from_preset("tiny", vision_rope_3d=True)

@@ -18,16 +18,16 @@ from tests.helpers.distributed import run_distributed
 NEW_TOKENS = 12
 
 
-def tiny_models(vision_grid_size=0):
+def tiny_models(**grid):
     torch.manual_seed(0)
-    config = LWMConfig.from_preset("tiny", attn_implementation="sdpa", vision_grid_size=vision_grid_size)
+    config = LWMConfig.from_preset("tiny", attn_implementation="sdpa", **grid)
     reference = LWMForCausalLM(config).eval()
     reference.generation_config.eos_token_id = None  # always 12 new tokens, as generate_sharded without eos
-    if vision_grid_size:  # vectors that are not zero, so that a code fed the wrong place changes the tokens
+    if config.vision_grid_size:  # vectors that are not zero, so that a code fed the wrong place changes the tokens
         with torch.no_grad():
             reference.vision_grid.rows.normal_()
             reference.vision_grid.columns.normal_()
-    config = LWMConfig.from_preset("tiny", attn_implementation="ring", vision_grid_size=vision_grid_size)
+    config = LWMConfig.from_preset("tiny", attn_implementation="ring", **grid)
     model = LWMForCausalLM(config).eval()
     model.load_state_dict(reference.state_dict())
     return reference, model
@@ -70,12 +70,13 @@ def check_sharded_decoding(rank, world):
     )
     assert torch.equal(sampled, sample_single_process(reference, input_ids, seed=3))
 
-    # A model with a code grid: a run of codes crosses the ranks' prefill shards and the decoded prompt tail.
-    reference, model = tiny_models(vision_grid_size=4)
-    codes = reference.config.vocab_size + prompt(23, seed=6) % reference.config.num_vision_codes
-    input_ids = torch.cat([prompt(20, seed=5), codes], dim=1)
-    expected = reference.generate(input_ids, max_new_tokens=NEW_TOKENS, do_sample=False)
-    assert torch.equal(generate_sharded(model, input_ids, NEW_TOKENS), expected)
+    # Models with a code grid: a run of codes crosses the ranks' prefill shards and the decoded prompt tail.
+    for rope_3d in (False, True):
+        reference, model = tiny_models(vision_grid_size=4, vision_rope_3d=rope_3d)
+        codes = reference.config.vocab_size + prompt(23, seed=6) % reference.config.num_vision_codes
+        input_ids = torch.cat([prompt(20, seed=5), codes], dim=1)
+        expected = reference.generate(input_ids, max_new_tokens=NEW_TOKENS, do_sample=False)
+        assert torch.equal(generate_sharded(model, input_ids, NEW_TOKENS), expected), f"vision_rope_3d={rope_3d}"
 
 
 def check_cache_is_sharded(rank, world):

@@ -50,8 +50,9 @@ def shifted_targets(labels, loss_weights, segment_ids):
 
 def check_model_gradients(rank, world):
     torch.manual_seed(0)
-    # With a code grid (vectors not zero), whose places are counted on the whole rows and sharded with them.
-    tiny = dict(attn_q_chunk=8, attn_kv_chunk=8, vision_grid_size=4)
+    # With a code grid (vectors not zero, rotary axes too), whose places are counted on the whole rows
+    # and sharded with them.
+    tiny = dict(attn_q_chunk=8, attn_kv_chunk=8, vision_grid_size=4, vision_rope_3d=True)
     config = LWMConfig.from_preset("tiny", attn_implementation="sdpa", **tiny)
     reference = LWMForCausalLM(config)
     with torch.no_grad():
