@@ -34,6 +34,12 @@ class VQGANConfig:
     # per-position LayerNorm for GroupNorm), so a code depends on its own patch alone and a patch that does
     # not change keeps its code. LWM's encoder (False) sees most of a small frame from every code.
     local_encoder: bool = False
+    # k > 1: time is compressed too. The first frame of a clip gets a grid of its own and each k frames
+    # after it share one (1 + k·n frames -> 1 + n grids), causally, as MAGVIT-v2 and Cosmos do: the
+    # encoder sees the first frame repeated k times in front, so an image is coded as a still clip and
+    # images and videos share the codes. The per-frame features of a group are mixed by a 1x1
+    # convolution, so a local encoder stays local. 1: every frame its own grid (LWM).
+    temporal_compression: int = 1
 
     # quantizer: "vq" (vector-quantize-pytorch VectorQuantize), "fsq" or "lfq"
     quantizer: str = "vq"
@@ -53,6 +59,8 @@ class VQGANConfig:
         for width in (self.hidden_channels, *self.level_channels):
             if width % self.norm_groups:
                 raise ValueError(f"channel count {width} is not divisible by norm_groups={self.norm_groups}")
+        if self.temporal_compression < 1:
+            raise ValueError(f"temporal_compression must be at least 1, got {self.temporal_compression}")
         if self.num_res_blocks < 1:
             raise ValueError(f"num_res_blocks must be at least 1, got {self.num_res_blocks}")
         if self.resolution % self.downsample_factor:

@@ -101,10 +101,13 @@ def find_media(paths: list[str]) -> list[tuple[str, str]]:
 
 
 class FrameDataset(Dataset):
-    """Each item: `frames_per_clip` random frames (1 for an image) of one file, `[n, 3, R, R]` in [-1, 1]."""
+    """Each item: `frames_per_clip` random frames (1 for an image) of one file, `[n, 3, R, R]` in [-1, 1];
+    with `consecutive`, a random window of that many consecutive frames (an image or a shorter video
+    held still on its last frame), for a VQGAN that compresses time."""
 
-    def __init__(self, items: list[tuple[str, str]], resolution: int, frames_per_clip: int):
+    def __init__(self, items: list[tuple[str, str]], resolution: int, frames_per_clip: int, consecutive: bool = False):
         self.items, self.resolution, self.frames_per_clip = items, resolution, frames_per_clip
+        self.consecutive = consecutive
 
     def __len__(self) -> int:
         return len(self.items)
@@ -112,7 +115,11 @@ class FrameDataset(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         kind, path = self.items[index]
         frames = media.load_image(path)[None] if kind == "image" else media.load_video(path)
-        picks = sorted(random.sample(range(len(frames)), min(self.frames_per_clip, len(frames))))
+        if self.consecutive:
+            start = random.randrange(max(1, len(frames) - self.frames_per_clip + 1))
+            picks = [min(start + i, len(frames) - 1) for i in range(self.frames_per_clip)]
+        else:
+            picks = sorted(random.sample(range(len(frames)), min(self.frames_per_clip, len(frames))))
         return media.preprocess(frames[picks], self.resolution)
 
 
@@ -141,6 +148,17 @@ def load_eval_frames(items, resolution: int, limit: int) -> torch.Tensor:
         if sum(len(f) for f in frames) >= limit:
             break
     return torch.cat(frames)[:limit]
+
+
+def load_eval_clips(items, resolution: int, limit: int) -> tuple[torch.Tensor, list[int]]:
+    """Whole held-out clips up to about `limit` frames in all (deterministic), and their lengths."""
+    clips = []
+    for kind, path in items:
+        clips.append(media.preprocess(media.load_image(path)[None] if kind == "image" else media.load_video(path),
+                                      resolution))
+        if sum(len(c) for c in clips) >= limit:
+            break
+    return torch.cat(clips), [len(c) for c in clips]
 
 
 # ----------------------------------------------------------------------------- discriminator
@@ -220,12 +238,16 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         model = VQGAN(VQGANConfig.from_preset(config.model))
     model_config = model.config
 
+    k = model_config.temporal_compression
+    if k > 1 and (config.frames_per_clip - 1) % k:
+        raise ValueError(f"frames_per_clip={config.frames_per_clip}: a VQGAN with temporal_compression={k} trains on "
+                         f"clips of 1 + {k}·n consecutive frames (e.g. {1 + k}, {1 + 2 * k})")
     train_items, eval_items = split_items(find_media(config.data), config)
-    dataset = FrameDataset(train_items, model_config.resolution, config.frames_per_clip)
+    dataset = FrameDataset(train_items, model_config.resolution, config.frames_per_clip, consecutive=k > 1)
     clips_per_batch = max(1, config.batch_size // config.frames_per_clip)
     loader = DataLoader(
         dataset, batch_size=clips_per_batch, shuffle=True, drop_last=len(dataset) >= clips_per_batch,
-        num_workers=config.num_workers, collate_fn=_concat_frames,
+        num_workers=config.num_workers, collate_fn=torch.stack if k > 1 else _concat_frames,
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=(0.5, 0.9))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_lr_factor, config=config))
@@ -251,7 +273,10 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         model_config.save(output_dir / "checkpoints" / "config.json")
         (output_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
-    eval_frames = load_eval_frames(eval_items, model_config.resolution, config.eval_frames)
+    if k > 1:  # time is coded in groups, so the held-out frames are whole clips
+        eval_frames, eval_clip_lengths = load_eval_clips(eval_items, model_config.resolution, config.eval_frames)
+    else:
+        eval_frames, eval_clip_lengths = load_eval_frames(eval_items, model_config.resolution, config.eval_frames), None
     batches = _infinite(loader)
     window_codes, window_psnr, window_perceptual = [], [], []
     progress = tqdm(total=config.max_steps, initial=step, desc="training VQGAN", disable=not accelerator.is_main_process)
@@ -298,7 +323,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
             progress.set_postfix(shown)
             _append_log(accelerator, log_file, metrics)
         if step % config.eval_every == 0 and step < config.max_steps:
-            held_out = evaluate_reconstruction(accelerator.unwrap_model(model), eval_frames)
+            held_out = evaluate_reconstruction(accelerator.unwrap_model(model), eval_frames, clip_lengths=eval_clip_lengths)
             _append_log(accelerator, log_file, {"step": step, **{f"eval_{k}": v for k, v in held_out.items()}})
             progress.write(f"step {step}: held-out PSNR {held_out['psnr']:.2f} dB, SSIM {held_out['ssim']:.3f}, "
                            f"codebook usage {held_out['codebook_usage']:.1%}, perplexity {held_out['perplexity']:.0f}")
@@ -306,7 +331,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
             _save_checkpoint(accelerator, output_dir, step)
     progress.close()
 
-    held_out = evaluate_reconstruction(accelerator.unwrap_model(model), eval_frames)
+    held_out = evaluate_reconstruction(accelerator.unwrap_model(model), eval_frames, clip_lengths=eval_clip_lengths)
     _append_log(accelerator, log_file, {"step": step, **{f"eval_{k}": v for k, v in held_out.items()}})
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(output_dir)

@@ -45,6 +45,7 @@ class _Identity(torch.nn.Module):
     """A "VQGAN" that reconstructs perfectly, with one code per pixel row."""
 
     codebook_size = 4
+    temporal_compression = 1
 
     def __init__(self):
         super().__init__()
