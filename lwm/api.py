@@ -18,6 +18,7 @@ Text is greedy by default (temperature 0); drawing uses LWM's guided sampling se
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -161,7 +162,8 @@ class TextStream:
 class LWM:
     """A Large World Model with its processor: captions, answers, chats, and draws images and videos."""
 
-    def __init__(self, model, processor: LWMProcessor, max_frames: int | None = None):
+    def __init__(self, model, processor: LWMProcessor, max_frames: int | None = None,
+                 drawing: vision.DrawingConfig | None = None):
         config = model.config
         if processor.text_vocab_size != config.vocab_size or processor.codebook_size != config.num_vision_codes:
             raise ValueError(
@@ -178,6 +180,7 @@ class LWM:
         self.max_frames = max_frames or processor.config.max_frames or DEFAULT_MAX_FRAMES
         if self.max_frames < 1:
             raise ValueError(f"max_frames must be at least 1, got {self.max_frames}")
+        self.drawing = drawing or vision.DrawingConfig()
 
     # ------------------------------------------------------------------ loading and saving
 
@@ -210,11 +213,13 @@ class LWM:
             placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
         model = LWMForCausalLM.from_pretrained(folder, dtype=_torch_dtype(dtype or torch_dtype), **placement)
         processor = LWMProcessor.from_pretrained(folder, device=device)
-        return cls(model if device_map is not None else model.to(device), processor, max_frames=max_frames)
+        return cls(model if device_map is not None else model.to(device), processor, max_frames=max_frames,
+                   drawing=vision.DrawingConfig.load(folder))
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         self.model.save_pretrained(directory)
         self.processor.save_pretrained(directory)
+        self.drawing.save(directory)
 
     @property
     def device(self) -> torch.device:
@@ -306,14 +311,15 @@ class LWM:
         self,
         prompt: str,
         *,
-        guidance_scale: float = vision.IMAGE_SAMPLING.guidance_scale,
-        top_k: int | None = vision.IMAGE_SAMPLING.top_k,
-        temperature: float = vision.IMAGE_SAMPLING.temperature,
+        guidance_scale: float | None = None,
+        top_k: int | None = None,
+        temperature: float | None = None,
         seed: int | None = None,
         progress: bool = False,
     ) -> Image.Image:
-        """Text -> image (LWM's guided sampling: s = 5, top-k 8192, temperature 1; temperature 0 is greedy)."""
-        sampling = vision_sampling(temperature, top_k, guidance_scale)
+        """Text -> image. Settings left at None are the model's (`self.drawing.image`; LWM's: guidance
+        s = 5, top-k 8192, temperature 1); temperature 0 is greedy, top_k 0 turns top-k off."""
+        sampling = with_settings(self.drawing.image, temperature, top_k, guidance_scale)
         prompt_ids = self._generation_prompt(prompt, "image", num_frames=1)
         with self._progress(self._frame_tokens(1), "drawing", progress):
             codes = vision.generate_image(
@@ -330,22 +336,27 @@ class LWM:
         self,
         prompt: str,
         *,
-        num_frames: int = 8,
-        guidance_scale: float = vision.IMAGE_SAMPLING.guidance_scale,
-        video_guidance_scale: float = vision.VIDEO_SAMPLING.guidance_scale,
-        top_k: int | None = vision.VIDEO_SAMPLING.top_k,
-        temperature: float = vision.VIDEO_SAMPLING.temperature,
+        num_frames: int | None = None,
+        guidance_scale: float | None = None,
+        video_guidance_scale: float | None = None,
+        top_k: int | None = None,
+        temperature: float | None = None,
         fps: float = DEFAULT_FPS,
         seed: int | None = None,
         progress: bool = False,
     ) -> Video:
-        """Text -> video with LWM's procedure: the first frame is drawn as an image (guidance
-        `guidance_scale`, top-k 8192), then the rest follow the video prompt (`video_guidance_scale`, `top_k`).
+        """Text -> video, as the model draws best (`self.drawing`). LWM's procedure draws the first frame
+        as an image (guidance `guidance_scale`, top-k 8192) and the rest from the video prompt
+        (`video_guidance_scale`, `top_k`); a model may draw every frame from the video prompt instead.
+        Settings left at None are the model's; temperature 0 is greedy.
         """
-        first = vision_sampling(temperature, vision.IMAGE_SAMPLING.top_k, guidance_scale)
-        rest = vision_sampling(temperature, top_k, video_guidance_scale)
+        num_frames = self.drawing.video_frames if num_frames is None else num_frames
+        first = with_settings(self.drawing.video_first_frame, temperature, None, guidance_scale)
+        rest = with_settings(self.drawing.video, temperature, top_k, video_guidance_scale)
         video_prompt = self._generation_prompt(prompt, "video", num_frames)
-        image_prompt = self._generation_prompt(prompt, "image", 1)
+        image_prompt = None
+        if self.drawing.video_procedure == "lwm":
+            image_prompt = self._generation_prompt(prompt, "image", 1).to(self.device)
         with self._progress(self._frame_tokens(num_frames), "animating", progress):
             codes = vision.generate_video(
                 self.model,
@@ -353,7 +364,7 @@ class LWM:
                 self.processor.unconditional_prompt()["input_ids"].to(self.device),
                 num_frames=num_frames,
                 frame_shape=self._frame_shape,
-                image_prompt_ids=image_prompt.to(self.device),
+                image_prompt_ids=image_prompt,
                 first_frame_sampling=first,
                 sampling=rest,
                 generator=self._generator(seed),
@@ -366,8 +377,8 @@ class LWM:
         *,
         num_frames: int = 4,
         prompt: str | None = None,
-        top_k: int | None = vision.VIDEO_SAMPLING.top_k,
-        temperature: float = vision.VIDEO_SAMPLING.temperature,
+        top_k: int | None = None,
+        temperature: float | None = None,
         fps: float | None = None,
         seed: int | None = None,
         progress: bool = False,
@@ -379,7 +390,7 @@ class LWM:
         (`USER: Continue the video.<vision>frames</vision> ASSISTANT: <vision>`) and draws a new
         vision block; with `prompt`, the frames open the vision block of LWM's video prompt for it
         and the model goes on drawing in that block. Returns the new frames only, at the input's fps
-        when it is a `Video`.
+        when it is a `Video`. Settings left at None are the model's (`self.drawing.continuation`).
         """
         if num_frames < 1:
             raise ValueError(f"num_frames must be at least 1, got {num_frames}")
@@ -387,7 +398,7 @@ class LWM:
         if fps is None:
             fps = source.fps if isinstance(source, Video) else DEFAULT_FPS
         codes = torch.from_numpy(self.processor.encode_media({"type": "video", "frames": frames}))
-        sampling = vision_sampling(temperature, top_k, 1.0)
+        sampling = with_settings(self.drawing.continuation, temperature, top_k, 1.0)
         if prompt is None:
             request = [{"role": "user", "content": [{"type": "text", "text": CONTINUATION_REQUEST},
                                                     {"type": "video", "codes": codes}]}]
@@ -534,12 +545,20 @@ def text_sampling(temperature: float, top_k: int | None, top_p: float | None) ->
     return SamplingConfig(temperature=temperature, top_k=top_k or None, top_p=top_p)
 
 
-def vision_sampling(temperature: float, top_k: int | None, guidance_scale: float) -> SamplingConfig:
-    if temperature < 0:
-        raise ValueError(f"temperature must be 0 (greedy) or positive, got {temperature}")
-    if temperature == 0:
-        return SamplingConfig(do_sample=False, guidance_scale=guidance_scale)
-    return SamplingConfig(temperature=temperature, top_k=top_k or None, guidance_scale=guidance_scale)
+def with_settings(base: SamplingConfig, temperature: float | None = None, top_k: int | None = None,
+                  guidance_scale: float | None = None) -> SamplingConfig:
+    """`base` with the settings a caller gave (None keeps base's): temperature 0 is greedy, top_k 0 turns
+    top-k off."""
+    changes = {}
+    if temperature is not None:
+        if temperature < 0:
+            raise ValueError(f"temperature must be 0 (greedy) or positive, got {temperature}")
+        changes = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature}
+    if top_k is not None:
+        changes["top_k"] = top_k or None
+    if guidance_scale is not None:
+        changes["guidance_scale"] = guidance_scale
+    return dataclasses.replace(base, **changes)
 
 
 def model_folder(path: str | os.PathLike) -> Path:

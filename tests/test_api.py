@@ -193,6 +193,30 @@ def test_continuation_is_asked_in_the_chat_turn_it_is_trained_on(lwm):
     np.testing.assert_array_equal(following.frames, lwm._decode_codes(expected))
 
 
+def test_a_model_folder_says_how_it_draws(lwm, tmp_path):
+    from lwm.generation import vision
+    from lwm.generation.sampling import GREEDY
+
+    assert lwm.drawing == vision.DrawingConfig()  # no drawing_config.json: LWM's settings
+    drawing = vision.DrawingConfig(image=GREEDY, video_procedure="single_pass", video_first_frame=GREEDY,
+                                   video=GREEDY, continuation=GREEDY, video_frames=3)
+    LWM(lwm.model, lwm.processor, drawing=drawing).save_pretrained(tmp_path)
+    own = LWM.from_pretrained(tmp_path)
+    assert own.drawing == drawing
+    video = own.generate_video("a ball")
+    expected = vision.text_to_video(own.model, own.processor, "a ball", num_frames=3, procedure="single_pass",
+                                    first_frame_sampling=GREEDY, sampling=GREEDY)
+    np.testing.assert_array_equal(video.frames, own._decode_codes(expected))
+    image = own.generate_image("a ball")
+    np.testing.assert_array_equal(np.asarray(image), own._decode_codes(
+        vision.text_to_image(own.model, own.processor, "a ball", sampling=GREEDY))[0])
+    # the caller's settings win: a seeded draw at temperature 1 is LWM's sampling with that seed
+    assert not np.array_equal(np.asarray(own.generate_image("a ball", temperature=1.0, seed=3)), np.asarray(image))
+    (tmp_path / vision.DRAWING_CONFIG_NAME).write_text('{"video_procedure": "twice"}')
+    with pytest.raises(ValueError, match="drawing_config.json: not a drawing config"):
+        LWM.from_pretrained(tmp_path)
+
+
 def test_processor_and_model_must_match(lwm):
     from lwm.model import LWMConfig, LWMForCausalLM
 

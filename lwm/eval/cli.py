@@ -65,8 +65,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"held-out clips per world task (default {FULL.seeds}; --quick {QUICK.seeds})")
     parser.add_argument("--video-frames", type=int, default=None,
                         help=f"frames per text->video sample (default {FULL.video_frames}; --quick {QUICK.video_frames})")
-    parser.add_argument("--temperature", type=float, default=1.0,
-                        help="sampling temperature of the drawing tasks (0: greedy; text is always greedy)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="sampling temperature of the drawing tasks (0: greedy; default: the model's drawing "
+                        "settings, its drawing_config.json; text is always greedy)")
     parser.add_argument("--trained-length", type=int, default=None, metavar="N",
                         help="the context the model was trained at, in tokens (default: its max_position_embeddings)")
     parser.add_argument("--needle-multiples", type=int, nargs="+", default=None, metavar="M",

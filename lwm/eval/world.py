@@ -45,12 +45,12 @@ SAMPLES_KEPT = 4  # examples of prompts and outputs kept in the report per task
 @dataclass(frozen=True)
 class WorldEvalConfig:
     seeds: int = 20  # held-out clips per task (the first `seeds` of split_seeds("held_out"))
-    video_frames: int = 8  # frames drawn per text -> video prompt
+    video_frames: int = 4  # frames drawn per text -> video prompt (the world's text -> video examples show 4)
     context_frames: int = 4  # frames shown before a continuation
     continuation_frames: int = 4  # frames the model continues with
     answer_tokens: int = 16
     caption_tokens: int = 96
-    temperature: float = 1.0  # of the drawing tasks (0: greedy); text is always greedy
+    temperature: float | None = None  # of the drawing tasks (0: greedy; None: the model's); text is always greedy
     grid_samples: int = 4  # generated videos drawn in each task's PNG grid
 
     def __post_init__(self):
@@ -61,7 +61,7 @@ class WorldEvalConfig:
         if self.context_frames + self.continuation_frames > world.WorldConfig().min_frames:
             raise ValueError(f"context_frames + continuation_frames must be at most {world.WorldConfig().min_frames}, "
                              "the length of the shortest world clip")
-        if self.temperature < 0:
+        if self.temperature is not None and self.temperature < 0:
             raise ValueError(f"temperature must be 0 (greedy) or positive, got {self.temperature}")
 
 
@@ -82,9 +82,10 @@ class Subject(Protocol):
 
 
 class LWMSubject:
-    """An `LWM` as the harness sees it: the public API, text greedy, drawing at `temperature` with a seed."""
+    """An `LWM` as the harness sees it: the public API, text greedy, drawing at `temperature` (None: as
+    the model draws by default) with a seed."""
 
-    def __init__(self, lwm, temperature: float = 1.0):
+    def __init__(self, lwm, temperature: float | None = None):
         self.lwm = lwm
         self.temperature = temperature
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lwm.generation.vision import IMAGE_SAMPLING, VIDEO_SAMPLING
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from lwm.serve.chat_cli import add_model_arguments
@@ -15,20 +13,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
     image = kinds.add_parser("image", help="draw an image (PNG, JPEG, ...)", description="Draw an image from a prompt.")
     video = kinds.add_parser("video", help="draw a video (MP4, GIF, ...)", description=(
-        "Draw a video from a prompt with LWM's procedure: the first frame as an image (guided), the rest "
-        "following the video prompt."))
+        "Draw a video from a prompt as the model draws best (its drawing_config.json; without one, LWM's "
+        "procedure: the first frame as an image, guided, the rest following the video prompt)."))
     for sub, default_output in ((image, "image.png"), (video, "video.mp4")):
         sub.add_argument("prompt", help="what to draw")
         sub.add_argument("-o", "--output", default=default_output, help=f"file to write (default: {default_output})")
         sub.add_argument("--seed", type=int, default=None, help="seed for reproducible drawings")
-        sub.add_argument("--guidance-scale", type=float, default=IMAGE_SAMPLING.guidance_scale,
-                         help="classifier-free guidance of the image / first frame (default: %(default)s)")
-        sub.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: %(default)s)")
+        sub.add_argument("--guidance-scale", type=float, default=None,
+                         help="classifier-free guidance of the image / first frame (default: the model's; LWM's 5)")
+        sub.add_argument("--temperature", type=float, default=None,
+                         help="0 = greedy (default: the model's; LWM's 1)")
         add_model_arguments(sub, reads_videos=False)
-    image.add_argument("--top-k", type=int, default=IMAGE_SAMPLING.top_k, help="(default: %(default)s)")
-    video.add_argument("--top-k", type=int, default=VIDEO_SAMPLING.top_k,
-                       help="top-k of the frames after the first (default: %(default)s)")
-    video.add_argument("--frames", type=int, default=8, help="number of frames (default: %(default)s)")
+    image.add_argument("--top-k", type=int, default=None, help="0 = off (default: the model's; LWM's 8192)")
+    video.add_argument("--top-k", type=int, default=None,
+                       help="top-k of the frames after the first, 0 = off (default: the model's; LWM's 1000)")
+    video.add_argument("--frames", type=int, default=None,
+                       help="number of frames (default: the model's; LWM's 8)")
     video.add_argument("--fps", type=float, default=8.0, help="playback rate of the file (default: %(default)s)")
 
 
