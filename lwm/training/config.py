@@ -35,9 +35,12 @@ class ModelConfig:
     # Attention backend with sp_size = 1 ("sdpa", "blockwise", "flash_attention_2"); sp_size > 1 always uses "ring".
     attn_implementation: str = "blockwise"
     gradient_checkpointing: bool = False
-    # Adds (or sizes) the row and column embeddings of vision codes (LWMConfig.vision_grid_size: the
-    # side of a frame's code grid; 0 removes them); None keeps what the model has.
+    # The model's code grid (LWMConfig.vision_grid_size, the side of a frame's grid; 0: none) and what it
+    # gives a code: learned row and column vectors (vision_grid_embedding) and rotary axes
+    # (vision_rope_3d). None keeps what the model has.
     vision_grid_size: int | None = None
+    vision_grid_embedding: bool | None = None
+    vision_rope_3d: bool | None = None
     # Glob patterns over parameter names; parameters matching none of them are frozen.
     trainable: list[str] = field(default_factory=lambda: ["*"])
 

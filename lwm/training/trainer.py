@@ -121,7 +121,8 @@ def build_model(config: TrainConfig, stage: StageConfig, mesh: Mesh, start_from:
     """The model a stage trains: from the previous stage's export, or the configured start."""
     attention = "ring" if mesh.sp_size > 1 else config.model.attn_implementation
     source = start_from or config.model.name_or_path
-    grid = {} if config.model.vision_grid_size is None else {"vision_grid_size": config.model.vision_grid_size}
+    grid = {name: value for name in ("vision_grid_size", "vision_grid_embedding", "vision_rope_3d")
+            if (value := getattr(config.model, name)) is not None}
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     if Path(source, "config.json").is_file():
         model = LWMForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation=attention, **grid)
