@@ -67,13 +67,16 @@ class DrawingConfig:
     def load(cls, directory: str | os.PathLike) -> "DrawingConfig":
         """The folder's drawing_config.json, or LWM's settings when it has none."""
         path = Path(directory) / DRAWING_CONFIG_NAME
-        if not path.is_file():
-            return cls()
+        return cls.from_json(path) if path.is_file() else cls()
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "DrawingConfig":
+        path = Path(path)
         try:
             values = json.loads(path.read_text())
             return cls(**{key: SamplingConfig(**value) if isinstance(value, dict) else value
                           for key, value in values.items()})
-        except (json.JSONDecodeError, TypeError, ValueError) as error:
+        except (OSError, json.JSONDecodeError, TypeError, ValueError) as error:
             raise ValueError(f"{path}: not a drawing config ({error})") from None
 
 

@@ -62,6 +62,9 @@ class ProcessorConfig:
     vqgan: str | None = None
     max_frames: int | None = None  # frames the exported processor samples from an input video
     single_turn: bool = False  # the data has one user turn per chat (lwm.tokenizers.processing_lwm)
+    # A drawing_config.json (lwm.generation.vision.DrawingConfig) written into every export: how the
+    # model draws by default. None: the exports have none, and the model draws with LWM's settings.
+    drawing: str | None = None
 
 
 @dataclass

@@ -142,6 +142,18 @@ def build_model(config: TrainConfig, stage: StageConfig, mesh: Mesh, start_from:
     return model.train()  # from_pretrained leaves eval mode, which would also turn checkpointing off
 
 
+def load_drawing(config: TrainConfig):
+    """The `DrawingConfig` of `processor.drawing` that the exports carry, or None when not set."""
+    if config.processor.drawing is None:
+        return None
+    from lwm.generation.vision import DrawingConfig
+
+    try:
+        return DrawingConfig.from_json(config.processor.drawing)
+    except ValueError as error:
+        raise ConfigError(f"processor.drawing: {error}") from None
+
+
 def load_processor(config: TrainConfig):
     """The configured text tokenizer + VQGAN as an `LWMProcessor` for the exports, or None when not set."""
     if config.processor.tokenizer is None:
@@ -259,6 +271,7 @@ class Trainer:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         dist.barrier()
         self.processor = load_processor(config)  # on every rank, so that a bad path stops them all
+        self.drawing = load_drawing(config)
 
     def stage_export_dir(self, index: int) -> Path:
         return self.output_dir / "pretrained" / f"stage{index}"
@@ -288,7 +301,7 @@ class Trainer:
         engine = self._stage_engine(latest["stage"])
         checkpoint.load_checkpoint(engine, self.checkpoint_dir, latest["tag"])
         target = Path(directory) if directory else self.output_dir / "pretrained" / latest["tag"]
-        checkpoint.export_pretrained(engine, target, self.processor)
+        checkpoint.export_pretrained(engine, target, self.processor, self.drawing)
         engine.destroy()
         return target
 
@@ -310,7 +323,7 @@ class Trainer:
             step = state["step"]
             self._print(f"resumed stage {index} at step {step} from {self.checkpoint_dir / resumed['tag']}")
         StageRun(self, index, engine, batches, step).run()
-        checkpoint.export_pretrained(engine, self.stage_export_dir(index), self.processor)
+        checkpoint.export_pretrained(engine, self.stage_export_dir(index), self.processor, self.drawing)
         self._print(f"stage {index} done: weights exported to {self.stage_export_dir(index)}")
         engine.destroy()
 
@@ -383,7 +396,8 @@ class StageRun:
             export_every = config.checkpoint.export_every_steps
             if export_every and self.step % export_every == 0 and self.step < stage.steps:
                 checkpoint.export_pretrained(
-                    self.engine, self.trainer.output_dir / "pretrained" / self._tag(), self.trainer.processor
+                    self.engine, self.trainer.output_dir / "pretrained" / self._tag(), self.trainer.processor,
+                    self.trainer.drawing,
                 )
         bar.close()
 

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from lwm.data.loader import PackedLoader, TokenizedDataset
+from lwm.generation.sampling import GREEDY
+from lwm.generation.vision import DRAWING_CONFIG_NAME, DrawingConfig
 from lwm.model import LWMConfig, LWMForCausalLM
 from lwm.training.checkpoint import latest_tag
 from lwm.tokenizers.configuration_vqgan import VQGANConfig
@@ -118,7 +120,10 @@ def test_exports_hold_the_configured_processor_and_export_dir_places_them(data_d
     corpus.write_text("a red circle moves left and bounces off the wall\n" * 50)
     train_text_tokenizer([str(corpus)], vocab_size=300, out_dir=str(tmp_path / "tokenizer"))
     VQGAN(VQGANConfig.from_preset("tiny")).save_pretrained(tmp_path / "vqgan")
-    processor = {"tokenizer": str(tmp_path / "tokenizer"), "vqgan": str(tmp_path / "vqgan"), "max_frames": 4}
+    drawing = DrawingConfig(video_procedure="single_pass", video=GREEDY, video_frames=4)
+    drawing.save(tmp_path)
+    processor = {"tokenizer": str(tmp_path / "tokenizer"), "vqgan": str(tmp_path / "vqgan"), "max_frames": 4,
+                 "drawing": str(tmp_path / DRAWING_CONFIG_NAME)}
     raw = tiny_config(tmp_path / "run", data_dir, stages=[{"seq_len": 32, "rope_theta": 10000.0, "steps": 2}],
                       processor=processor)
     train_in_processes(raw, 1)
@@ -127,5 +132,6 @@ def test_exports_hold_the_configured_processor_and_export_dir_places_them(data_d
         loaded = LWMProcessor.from_pretrained(folder)
         assert (loaded.text_vocab_size, loaded.codebook_size, loaded.config.max_frames) == (300, 64, 4)
         assert LWMForCausalLM.from_pretrained(folder).config.vocab_size == LWMConfig.from_preset("tiny").vocab_size
+        assert DrawingConfig.load(folder) == drawing
     with pytest.raises(Exception, match="processor.tokenizer and processor.vqgan go together"):
         to_config(tiny_config(tmp_path, data_dir, processor={"tokenizer": str(tmp_path / "tokenizer")}))
