@@ -400,15 +400,7 @@ class LWM:
         codes = torch.from_numpy(self.processor.encode_media({"type": "video", "frames": frames}))
         sampling = with_settings(self.drawing.continuation, temperature, top_k, 1.0)
         if prompt is None:
-            request = [{"role": "user", "content": [{"type": "text", "text": CONTINUATION_REQUEST},
-                                                    {"type": "video", "codes": codes}]}]
-            prompt_ids = self.processor.apply_chat_template(request, add_generation_prompt=True, generation_mode="vision")["input_ids"]
-            self._check_fits(len(prompt_ids), self._frame_tokens(num_frames))
-            with self._progress(self._frame_tokens(num_frames), "continuing", progress):
-                new_codes = vision.generate_video(
-                    self.model, prompt_ids.to(self.device), None, num_frames=num_frames, frame_shape=self._frame_shape,
-                    first_frame_sampling=sampling, sampling=sampling, generator=self._generator(seed),
-                )
+            new_codes = self.continue_codes(codes, num_frames, sampling, seed=seed, progress=progress)
             return Video(self._decode_codes(new_codes), fps)
         prompt_ids = self.processor.generation_prompt(prompt, "video")["input_ids"]
         self._check_fits(len(prompt_ids) + self._frame_tokens(len(codes)), self._frame_tokens(num_frames))
@@ -422,6 +414,24 @@ class LWM:
                 generator=self._generator(seed),
             )
         return Video(self._decode_codes(new_codes), fps)
+
+    def continuation_prompt(self, codes: torch.Tensor) -> torch.LongTensor:
+        """The chat turn a continuation is trained on, `USER: Continue the video.<vision>frames</vision>
+        ASSISTANT: <vision>`, for the codes `[frames, h, w]` of the given video."""
+        request = [{"role": "user", "content": [{"type": "text", "text": CONTINUATION_REQUEST},
+                                                {"type": "video", "codes": codes}]}]
+        return self.processor.apply_chat_template(request, add_generation_prompt=True, generation_mode="vision")["input_ids"]
+
+    def continue_codes(self, codes: torch.Tensor, num_frames: int, sampling: SamplingConfig, *,
+                       seed: int | None = None, progress: bool = False) -> torch.LongTensor:
+        """The codes `[num_frames, h, w]` of the frames after the video of `codes`, drawn with `sampling`."""
+        prompt_ids = self.continuation_prompt(codes)
+        self._check_fits(len(prompt_ids), self._frame_tokens(num_frames))
+        with self._progress(self._frame_tokens(num_frames), "continuing", progress):
+            return vision.generate_video(
+                self.model, prompt_ids.to(self.device), None, num_frames=num_frames, frame_shape=self._frame_shape,
+                first_frame_sampling=sampling, sampling=sampling, generator=self._generator(seed),
+            )
 
     # ------------------------------------------------------------------ media
 

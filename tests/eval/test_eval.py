@@ -281,6 +281,9 @@ def test_random_model_runs_end_to_end_and_fails_its_bars(tiny_model_folder, tmp_
                         "needle.accuracy@1x": False}
     assert result["metrics"]["video_qa.accuracy"] < 0.5 and result["metrics"]["needle.accuracy@1x"] == 0
     assert 0 <= result["metrics"]["tokenizer.code_stability"] <= 1  # reported; its values: test_vqgan_metrics.py
+    for name in ("free_running", "teacher_forced", "static_baseline"):  # frames 1-2 of the quick continuation
+        assert all(0 <= result["metrics"][f"continuation.{name}.code_agreement@{k}"] <= 1 for k in (1, 2))
+    assert "continuation.teacher_forced.direction_kept" in result["metrics"]
     assert result["tasks"]["video_qa"]["seeds"] == [world.split_seeds("held_out")[0]]
     assert result["tasks"]["video_qa"]["questions"] == len(world.questions(world.generate_clip(result["tasks"]["video_qa"]["seeds"][0])))
     for picture in ("text_to_image.png", "text_to_video.png", "continuation.png", "needle_heatmap.png"):
@@ -299,3 +302,16 @@ def test_cli_passes_bars_it_meets_and_names_bad_input(tiny_model_folder, tmp_pat
     assert "METRIC>=VALUE" in capsys.readouterr().err
     assert lwm_main(["eval", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 1
     assert "not a model folder" in capsys.readouterr().err
+
+
+def test_teacher_forcing_reads_back_a_greedy_continuation_exactly(tiny_model):
+    from lwm.eval.world import teacher_forced_codes
+    from lwm.generation.sampling import GREEDY
+
+    clip = world.generate_clip(world.split_seeds("held_out")[0])
+    given = torch.from_numpy(tiny_model.processor.encode_media({"type": "video", "frames": clip.frames[:2]}))
+    drawn = tiny_model.continue_codes(given, 2, GREEDY)
+    # each greedy code is the argmax given the codes before it, which is what teacher forcing reads
+    assert torch.equal(teacher_forced_codes(tiny_model, given, drawn), drawn)
+    other = (drawn + 1) % tiny_model.processor.codebook_size
+    assert torch.equal(teacher_forced_codes(tiny_model, given, other)[0, 0, 0], drawn[0, 0, 0])
