@@ -152,6 +152,7 @@ class PackedLoader:
         sp_size: int = 1,
         overlong: Overlong = "truncate",
         open_rows: int = 4,
+        train_prompt_vision: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -161,6 +162,7 @@ class PackedLoader:
             raise ValueError(f"sp_rank must lie in [0, {sp_size}), got {sp_rank}")
         self.dataset, self.seq_len, self.batch_size = dataset, seq_len, batch_size
         self.sp_rank, self.sp_size = sp_rank, sp_size
+        self.train_prompt_vision = train_prompt_vision
         self.stream = ExampleStream(dataset.tasks, task_weights, seed, dp_rank, dp_size)
         self.planner = RowPlanner(seq_len, overlong, open_rows)
         self.ready: list[list[tuple[int, int]]] = []  # closed rows not yet batched
@@ -187,7 +189,7 @@ class PackedLoader:
         for key, length in row:
             ids, mask = self.dataset[key]
             examples.append((ids[:length], mask[:length]))
-        return pack_row(examples, self.seq_len, self.dataset.text_vocab_size)
+        return pack_row(examples, self.seq_len, self.dataset.text_vocab_size, self.train_prompt_vision)
 
     def state_dict(self) -> dict:
         return {

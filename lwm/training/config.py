@@ -52,6 +52,8 @@ class DataConfig:
     seed: int = 0
     overlong: Literal["truncate", "drop"] = "truncate"
     open_rows: int = 4  # rows the packer keeps open for first-fit
+    # Also train the vision tokens of prompts (lwm.data.packing): every video becomes next-frame prediction.
+    train_prompt_vision: bool = False
 
 
 @dataclass

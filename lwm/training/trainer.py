@@ -86,6 +86,7 @@ def packed_batches(data: DataConfig, stage: StageConfig, micro_batch_size: int, 
         TokenizedDataset(data.path), stage.seq_len, micro_batch_size,
         seed=data.seed, task_weights=data.mixture, dp_rank=mesh.dp_rank, dp_size=mesh.dp_size,
         sp_rank=mesh.sp_rank, sp_size=mesh.sp_size, overlong=data.overlong, open_rows=data.open_rows,
+        train_prompt_vision=data.train_prompt_vision,
     )
 
 
