@@ -11,24 +11,23 @@ import torch.distributed as dist
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper
 from transformers.cache_utils import DynamicCache
 
-from lwm.model import LWMConfig, LWMForCausalLM
-from lwm.parallel import ShardedCache, generate_sharded, sequence_parallel
+from lwm.generation import SamplingConfig, ShardedCache, generate_sharded
+from lwm.model import LWMConfig
+from lwm.parallel import SequenceParallel
 from tests.helpers.distributed import run_distributed
+from tests.helpers.tiny import tiny_lm
 
 NEW_TOKENS = 12
 
 
 def tiny_models(vision_grid_size=0):
-    torch.manual_seed(0)
-    config = LWMConfig.from_preset("tiny", attn_implementation="sdpa", vision_grid_size=vision_grid_size)
-    reference = LWMForCausalLM(config).eval()
+    reference = tiny_lm("sdpa", vision_grid_size=vision_grid_size)
     reference.generation_config.eos_token_id = None  # always 12 new tokens, as generate_sharded without eos
     if vision_grid_size:  # vectors that are not zero, so that a code fed the wrong place changes the tokens
         with torch.no_grad():
             reference.vision_grid.rows.normal_()
             reference.vision_grid.columns.normal_()
-    config = LWMConfig.from_preset("tiny", attn_implementation="ring", vision_grid_size=vision_grid_size)
-    model = LWMForCausalLM(config).eval()
+    model = tiny_lm("ring", vision_grid_size=vision_grid_size)
     model.load_state_dict(reference.state_dict())
     return reference, model
 
@@ -60,12 +59,12 @@ def check_sharded_decoding(rank, world):
     for length, layout in ((40, "zigzag"), (43, "zigzag"), (3, "zigzag"), (42, "contiguous")):
         input_ids = prompt(length, seed=length)
         expected = reference.generate(input_ids, max_new_tokens=NEW_TOKENS, do_sample=False)
-        tokens = generate_sharded(model, input_ids, NEW_TOKENS, layout=layout)
+        tokens = generate_sharded(model, input_ids, NEW_TOKENS, SequenceParallel(layout=layout))
         assert torch.equal(tokens, expected), f"prompt {length} {layout}: {tokens[:, length:]} != {expected[:, length:]}"
 
     input_ids = prompt(24, seed=7)
     sampled = generate_sharded(
-        model, input_ids, NEW_TOKENS, logits_processor=sampling_processors(), do_sample=True,
+        model, input_ids, NEW_TOKENS, processors=sampling_processors(), sampling=SamplingConfig(),
         generator=torch.Generator().manual_seed(3),
     )
     assert torch.equal(sampled, sample_single_process(reference, input_ids, seed=3))
@@ -82,12 +81,13 @@ def check_cache_is_sharded(rank, world):
     _, model = tiny_models()
     cache = ShardedCache(config=model.config)
     input_ids = prompt(8, seed=0)
-    with torch.no_grad(), sequence_parallel(layout="contiguous"):
+    with torch.no_grad():
         model(input_ids=input_ids[:, rank * 4 : rank * 4 + 4], position_ids=torch.arange(rank * 4, rank * 4 + 4)[None],
-              cache=cache, use_cache=True)
-    with torch.no_grad(), sequence_parallel(decoding=True):
+              cache=cache, use_cache=True, sequence_parallel=SequenceParallel(layout="contiguous"))
+        cache.decoding = True
         for step in range(3):
-            model(input_ids=input_ids[:, :1], position_ids=torch.tensor([[8 + step]]), cache=cache, use_cache=True)
+            model(input_ids=input_ids[:, :1], position_ids=torch.tensor([[8 + step]]), cache=cache, use_cache=True,
+                  sequence_parallel=SequenceParallel(decoding=True))
     held = torch.tensor([cache.layers[0].keys.shape[2]])
     dist.all_reduce(held)
     assert cache.get_seq_length() == 11 and held.item() == 11  # every cached token lives on exactly one rank
@@ -104,7 +104,7 @@ def test_sharded_cache_keeps_one_copy_of_each_token():
 
 def test_generate_sharded_needs_the_ring_backend():
     reference, _ = tiny_models()
-    with pytest.raises(ValueError, match="attn_implementation='ring'"):
+    with pytest.raises(ValueError, match="needs a model with attn_implementation='ring'"):
         generate_sharded(reference, prompt(4, seed=0), 2)
 
 
