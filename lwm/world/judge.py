@@ -17,7 +17,7 @@ Reading works on all frames at once:
 World clips give each object its own colour, which is what makes one blob per colour enough. On the
 first 200 seeds the judge reads every clip exactly (colour, shape, size, direction, bounces), also
 after H.264 at lwm.media's quality, a Gaussian blur of 1.5 pixels, a 2× down-and-up resize or
-noise; tests/data/test_judge.py checks all 200 clean clips and subsets of the degraded ones.
+noise; tests/world/test_judge.py checks all 200 clean clips and subsets of the degraded ones.
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lwm.data.world import (
+from lwm.world.language import NUMBER_WORDS, QA, parse_description
+from lwm.world.scene import (
     COLOURS,
     DIRECTIONS,
-    NUMBER_WORDS,
-    QA,
     SHAPES,
     SIZES,
     WALLS,
@@ -39,7 +38,6 @@ from lwm.data.world import (
     ObjectDescription,
     direction_word,
     in_region,
-    parse_description,
     shape_mask,
 )
 

@@ -1,15 +1,12 @@
-"""The synthetic world: short videos of coloured shapes moving in straight lines and bouncing off walls.
+"""The scenes of the synthetic world: coloured shapes moving in straight lines and bouncing off walls.
 
-Everything is procedural and deterministic by seed, and the vocabulary is small and regular so that a
-tiny model can learn it:
+Everything is procedural and deterministic by seed:
 
 - a clip is 8–16 frames of 64×64 RGB on a dark background with 1–3 objects; within a clip every
   object has its own colour and its own shape, so "the red object" and "the circle" are unambiguous;
 - an object moves at a constant speed in one of 8 directions and reflects off the frame's walls
   (the only physics); objects never overlap during a clip, and each one moves at least
-  `steps_before_bounce` steps before its first bounce, so its starting direction is always visible;
-- language: captions, question/answer pairs by type, still-frame descriptions and text→video prompts,
-  all built from the same words, and `parse_description` reads them back.
+  `steps_before_bounce` steps before its first bounce, so its starting direction is always visible.
 
 Positions are the centre (x, y) of an object's bounding square in continuous pixel coordinates: the
 frame spans [0, frame_size] on both axes and pixel (row i, column j) covers [j, j+1) × [i, i+1).
@@ -20,21 +17,9 @@ held-out seeds.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import multiprocessing
-import re
 from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from tqdm import tqdm
-
-from lwm.data import needle
-from lwm.media import save_image, save_video
-from lwm.tokenizers.processing_lwm import CONTINUATION_REQUEST
 
 # ---------------------------------------------------------------------------------------------------
 # The vocabulary of the world
@@ -79,11 +64,6 @@ REGIONS: tuple[str, ...] = (
     "middle left", "centre", "middle right",
     "bottom left", "bottom middle", "bottom right",
 )
-
-NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three")
-
-QUESTION_TYPES: tuple[str, ...] = ("colour", "shape", "size", "count", "direction", "bounce", "next_wall")
-
 
 def shape_level(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """A gauge of `shape` around its centre: the shape is where it is at most 1, for (u, v) in units of
@@ -311,6 +291,24 @@ def _overlap(a: WorldObject, b: WorldObject, gap: int) -> bool:
 # Sampling clips
 # ---------------------------------------------------------------------------------------------------
 
+SEED_SPLITS: dict[str, range] = {
+    "train": range(0, 1_000_000),
+    "held_out": range(1_000_000, 1_100_000),
+}
+
+
+def split_seeds(split: str, n: int | None = None) -> range:
+    """The seeds of `split` ("train" or "held_out"), or the first `n` of them. The ranges are disjoint."""
+    if split not in SEED_SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {list(SEED_SPLITS)}")
+    seeds = SEED_SPLITS[split]
+    if n is None:
+        return seeds
+    if not 0 <= n <= len(seeds):
+        raise ValueError(f"split {split!r} has {len(seeds)} seeds, asked for {n}")
+    return seeds[:n]
+
+
 _MAX_ATTEMPTS = 200
 
 
@@ -393,27 +391,19 @@ def generate_clip(seed: int, config: WorldConfig = WorldConfig(), n_frames: int 
     return Clip(render(objects, config.frame_size), objects, seed)
 
 
-def clip_from_prompt(prompt: str, seed: int = 0, config: WorldConfig = WorldConfig(),
-                     n_frames: int | None = None) -> Clip:
-    """A clip that shows what `prompt` says ("a small green triangle moving up").
+def clip_showing(wanted: list[ObjectDescription], seed: int = 0, config: WorldConfig = WorldConfig(),
+                 n_frames: int | None = None) -> Clip:
+    """A clip whose objects are as `wanted` says (at most 3); what it leaves out is drawn from `seed`.
 
-    What the prompt leaves out (size, direction, position, speed, other colours and shapes) is drawn
-    from `seed`. Objects move without bouncing unless the prompt names the walls they bounce off; a
-    region ("in the top left") places the object there in the first frame. With `n_frames=1` the
-    clip is a still image for a text→image prompt.
+    `walls` None leaves bounces to chance, () asks for none; a `region` places the object there in
+    the first frame. With `n_frames=1` the clip is a still image.
     """
-    wanted = parse_description(prompt)
-    if not wanted:
-        raise ValueError(f"the prompt {prompt!r} names no object; name a colour and a shape, "
-                         f"e.g. 'a red circle moving left' (colours: {', '.join(COLOURS)})")
     if len(wanted) > 3:
-        raise ValueError(f"the prompt {prompt!r} names {len(wanted)} objects; the world holds at most 3")
+        raise ValueError(f"{len(wanted)} objects were asked for; the world holds at most 3")
     rng = np.random.default_rng(seed)
     if n_frames is None:
         n_frames = int(rng.integers(config.min_frames, config.max_frames + 1))
-    wanted = [ObjectDescription(w.colour, w.shape, w.size, w.direction, () if w.walls is None else w.walls, w.region)
-              for w in _fill_colours_and_shapes(rng, wanted)]
-    objects = _sample_scene(rng, wanted, n_frames, config)
+    objects = _sample_scene(rng, _fill_colours_and_shapes(rng, wanted), n_frames, config)
     return Clip(render(objects, config.frame_size), objects, seed)
 
 
@@ -437,374 +427,3 @@ def continuation(clip: Clip, n_context: int, n_future: int | None = None) -> tup
             ))
     return (Clip(render(tuple(context), clip.frame_size), tuple(context), clip.seed),
             Clip(render(tuple(future), clip.frame_size), tuple(future), clip.seed))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Language
-# ---------------------------------------------------------------------------------------------------
-
-
-def _noun(obj: WorldObject | ObjectDescription, with_size: bool) -> str:
-    size = f"{obj.size} " if with_size else ""
-    return f"a {size}{obj.colour} {obj.shape}"
-
-
-def _join(parts: list[str]) -> str:
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
-def _walls_phrase(walls: tuple[str, ...]) -> str:
-    return " and then ".join(f"the {wall} wall" for wall in walls)
-
-
-def _language_rng(clip: Clip, purpose: int) -> np.random.Generator:
-    return np.random.default_rng([clip.seed if clip.seed is not None else 0, purpose])
-
-
-def caption(clip: Clip, variant: int | None = None) -> str:
-    """A caption of the clip; `variant` picks the template (default: drawn from the clip's seed)."""
-    rng = _language_rng(clip, 1)
-    variant = int(rng.integers(4)) if variant is None else variant
-    with_size = bool(rng.integers(2))
-    count = len(clip.objects)
-    nouns = [_noun(obj, with_size) for obj in clip.objects]
-    moving = [f"{noun} moving {obj.direction}" for noun, obj in zip(nouns, clip.objects)]
-    clauses = [f"{noun} moves {obj.direction}" for noun, obj in zip(nouns, clip.objects)]
-    objects_word = "object" if count == 1 else "objects"
-    if variant == 0:
-        text = _join(clauses) + "."
-    elif variant == 1:
-        text = f"{NUMBER_WORDS[count]} {objects_word}: {_join(moving)}."
-    elif variant == 2:
-        text = f"a video of {_join(moving)}."
-    elif variant == 3:
-        verb = "is" if count == 1 else "are"
-        sentences = " ".join(clause[0].upper() + clause[1:] + "." for clause in clauses)
-        text = f"there {verb} {NUMBER_WORDS[count]} {objects_word}. {sentences}"
-    else:
-        raise ValueError(f"caption variant must be 0..3, got {variant}")
-    bounces = [f"The {obj.name} bounces off {_walls_phrase(obj.walls)}." for obj in clip.objects if obj.bounced]
-    text = " ".join([text] + bounces)
-    return text[0].upper() + text[1:]
-
-
-def prompt_for(clip: Clip) -> str:
-    """The text→video prompt that `clip` answers: "a red circle moving left and a blue square moving up"."""
-    return _join([f"{_noun(obj, True)} moving {obj.direction}" for obj in clip.objects])
-
-
-def describe_frame(clip: Clip, frame: int) -> str:
-    """A description of one frame as a still image: "A large red circle in the top left."."""
-    if not 0 <= frame < clip.n_frames:
-        raise ValueError(f"frame {frame} is outside the clip's {clip.n_frames} frames")
-    parts = []
-    for obj in clip.objects:
-        x, y = obj.positions[frame]
-        parts.append(f"{_noun(obj, True)} in the {region_of(x, y, clip.frame_size)}")
-    text = _join(parts) + "."
-    return text[0].upper() + text[1:]
-
-
-def image_prompt_for(clip: Clip, frame: int) -> str:
-    """The text→image prompt for one frame: its description without the capital and full stop."""
-    text = describe_frame(clip, frame)
-    return text[0].lower() + text[1:-1]
-
-
-@dataclass(frozen=True)
-class QA:
-    type: str  # one of QUESTION_TYPES
-    question: str
-    answer: str
-
-
-def next_wall(obj: WorldObject, frame_size: int) -> str | None:
-    """The first wall the object touches from the clip's last frame on (None when it reaches a corner)."""
-    n_frames = obj.positions.shape[0]
-    horizon = 2 * frame_size  # long enough to reach a wall at the slowest speed
-    _, _, bounces = simulate(tuple(obj.positions[0]), obj.velocity, obj.size, n_frames + horizon, frame_size)
-    upcoming = [(frame, wall) for frame, wall in bounces if frame >= n_frames - 1]
-    if len(upcoming) > 1 and upcoming[0][0] == upcoming[1][0]:
-        return None
-    return upcoming[0][1]
-
-
-def questions(clip: Clip) -> list[QA]:
-    """Every question the world can ask about the clip, with its short answer."""
-    qas = [QA("count", "How many objects are there?", NUMBER_WORDS[len(clip.objects)])]
-    for obj in clip.objects:
-        qas += [
-            QA("colour", f"What colour is the {obj.shape}?", obj.colour),
-            QA("shape", f"What shape is the {obj.colour} object?", obj.shape),
-            QA("size", f"Is the {obj.name} small or large?", obj.size),
-            QA("direction", f"Which way does the {obj.name} move at the start?", obj.direction),
-            QA("bounce", f"Does the {obj.name} bounce off a wall?", "yes" if obj.bounced else "no"),
-        ]
-        wall = next_wall(obj, clip.frame_size)
-        if wall is not None:
-            qas.append(QA("next_wall", f"Which wall will the {obj.name} hit next?", f"the {wall} wall"))
-    return qas
-
-
-# ---------------------------------------------------------------------------------------------------
-# Reading descriptions back
-# ---------------------------------------------------------------------------------------------------
-
-_WORD = r"[a-z]+(?:-[a-z]+)?"
-_WALLS_PATTERN = re.compile(r"(?:bounces|bouncing|bounce) off ((?:the \w+ walls?(?: and then | and |, )?)+)")
-_REGION_PATTERN = re.compile(r"\bin the (" + "|".join(sorted(REGIONS, key=len, reverse=True)) + r")\b")
-_DIRECTION_PATTERN = re.compile(
-    r"\b(?:mov\w*|go\w*|head\w*) (" + "|".join(sorted(DIRECTIONS, key=len, reverse=True)) + r")\b")
-_COLOUR_PATTERN = re.compile(r"\b(" + "|".join(COLOURS) + r")\b")
-
-
-def parse_description(text: str) -> list[ObjectDescription]:
-    """The objects a caption, prompt or image description talks about, in order of first mention.
-
-    Each object is introduced by its colour; the words up to the next colour word describe it. A
-    later mention of the same colour ("The red circle bounces ...") adds to the first unless it names
-    another shape, which makes it another object. The first statement of each attribute wins. Unknown
-    words are ignored, so a sloppy model caption still parses as far as it makes sense.
-    """
-    found: list[dict] = []
-    for sentence in re.split(r"[.!?;]", text.lower()):
-        starts = [m.start() for m in _COLOUR_PATTERN.finditer(sentence)] + [len(sentence)]
-        for begin, end in zip(starts, starts[1:]):
-            mention = sentence[begin:end]
-            words = mention.split()
-            colour, shape = words[0], words[1] if len(words) > 1 and words[1] in SHAPES else None
-            fields = next((f for f in found if f["colour"] == colour and shape in (None, f.get("shape"))), None)
-            if fields is None:
-                fields = {"colour": colour}
-                found.append(fields)
-            if shape:
-                fields.setdefault("shape", shape)
-            preceding = sentence[:begin].split()
-            if preceding and preceding[-1] in SIZES:
-                fields.setdefault("size", preceding[-1])
-            walls = _WALLS_PATTERN.search(mention)
-            if walls:
-                fields.setdefault("walls", tuple(re.findall(r"the (\w+) wall", walls.group(1))))
-                mention = mention[:walls.start()] + mention[walls.end():]
-            region = _REGION_PATTERN.search(mention)
-            if region:
-                fields.setdefault("region", region.group(1))
-                mention = mention[:region.start()] + mention[region.end():]
-            direction = _DIRECTION_PATTERN.search(mention)
-            if direction:
-                fields.setdefault("direction", direction.group(1))
-    return [ObjectDescription(**fields) for fields in found]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Seeds and datasets
-# ---------------------------------------------------------------------------------------------------
-
-SEED_SPLITS: dict[str, range] = {
-    "train": range(0, 1_000_000),
-    "held_out": range(1_000_000, 1_100_000),
-}
-
-
-def split_seeds(split: str, n: int | None = None) -> range:
-    """The seeds of `split` ("train" or "held_out"), or the first `n` of them. The ranges are disjoint."""
-    if split not in SEED_SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {list(SEED_SPLITS)}")
-    seeds = SEED_SPLITS[split]
-    if n is None:
-        return seeds
-    if not 0 <= n <= len(seeds):
-        raise ValueError(f"split {split!r} has {len(seeds)} seeds, asked for {n}")
-    return seeds[:n]
-
-
-# What `world_records` can write per clip. DEFAULT_TASKS is what `lwm data world` writes unless asked:
-# the tasks the shipped bundled model was trained on (its recipe, docs/bundled-model.md, reproduces it).
-TASKS: tuple[str, ...] = ("video_caption", "video_qa", "video_conversation", "image_text", "unconditional",
-                          "text_to_video", "video_continuation", "text")
-DEFAULT_TASKS: tuple[str, ...] = ("video_caption", "video_qa", "image_text", "text_to_video",
-                                  "video_continuation", "text")
-
-# A conversation asks this many of the clip's questions, one per user turn, the video with the first.
-CONVERSATION_TURNS: tuple[int, int] = (2, 4)
-
-
-def clip_files(seed: int) -> dict[str, str]:
-    """Where `write_world_dataset` puts the files of a seed's clip, relative to the manifest."""
-    return {
-        "video": f"clips/{seed:07d}.mp4",
-        "image": f"images/{seed:07d}.png",  # one frame of the clip
-        "opening": f"openings/{seed:07d}.mp4",  # the first TEXT_TO_VIDEO_FRAMES frames
-        "context": f"continuation/{seed:07d}_context.mp4",  # the first CONTINUATION_FRAMES frames
-        "future": f"continuation/{seed:07d}_future.mp4",  # the next CONTINUATION_FRAMES, by the physics
-    }
-
-
-# A continuation example shows this many frames and asks for as many more, at the clip's own frame rate:
-# a fixed count (not a share of the clip) keeps the motion per frame the same in every example, so a
-# processor sampling `max_frames` frames leaves both videos whole when max_frames >= this.
-CONTINUATION_FRAMES = 4
-
-# A text -> video example draws this many consecutive frames from the clip's start: the prompt names each
-# object's starting direction and no bounce, which frames spread over the whole clip (bounces included)
-# would contradict. Objects move at least `steps_before_bounce` steps before a bounce, so these show none.
-TEXT_TO_VIDEO_FRAMES = 4
-
-
-def still_frame(clip: Clip) -> int:
-    """The frame of the clip that serves as its still image (drawn from its seed)."""
-    return int(_language_rng(clip, 2).integers(clip.n_frames))
-
-
-def conversation_questions(clip: Clip) -> list[QA]:
-    """`CONVERSATION_TURNS` of the clip's questions in an order drawn from its seed."""
-    rng = _language_rng(clip, 3)
-    qas = questions(clip)  # at least 6: the count and 5 about each object
-    turns = int(rng.integers(CONVERSATION_TURNS[0], CONVERSATION_TURNS[1] + 1))
-    return [qas[index] for index in rng.permutation(len(qas))[:turns]]
-
-
-def conversation(clip: Clip, video: str) -> list[dict]:
-    """A chat about the clip: its `conversation_questions`, the video attached after the first (as
-    `lwm chat` sends it), later questions relying on the history."""
-    return _qa_chat(conversation_questions(clip), video)
-
-
-def _qa_chat(qas: list[QA], video: str) -> list[dict]:
-    """Each question a user turn and its answer an assistant turn; the video follows the first question."""
-    messages = []
-    for number, qa in enumerate(qas):
-        content = [{"type": "text", "text": qa.question}]
-        if number == 0:
-            content.append({"type": "video", "path": video})
-        messages += [{"role": "user", "content": content},
-                     {"role": "assistant", "content": [{"type": "text", "text": qa.answer}]}]
-    return messages
-
-
-def world_records(clip: Clip, files: dict[str, str], tasks: tuple[str, ...] = DEFAULT_TASKS,
-                  qa_types: tuple[str, ...] = QUESTION_TYPES) -> list[dict]:
-    """The manifest records of one clip for `tasks`, pointing at its `files` (see `clip_files`).
-
-    The format is lwm.data.manifest's. A caption is learnt video→text and a prompt text→video (their
-    "direction"); an image and its description both ways. `video_qa` asks every question of `qa_types` alone;
-    `video_conversation` asks a few of any type in one chat (see `conversation`); `unconditional` is the
-    still after `<s><vision>` alone, the branch classifier-free guidance subtracts.
-    """
-    records = []
-    if "video_caption" in tasks:
-        records.append({"video": files["video"], "caption": caption(clip), "task": "video_caption",
-                        "direction": "understanding"})
-    if "video_qa" in tasks:
-        for qa in questions(clip):
-            if qa.type in qa_types:
-                records.append({"messages": _qa_chat([qa], files["video"]), "task": "video_qa"})
-    if "video_conversation" in tasks:
-        records.append({"messages": conversation(clip, files["video"]), "task": "video_conversation"})
-    if "image_text" in tasks:
-        records.append({"image": files["image"], "caption": describe_frame(clip, still_frame(clip)),
-                        "task": "image_text"})
-    if "unconditional" in tasks:
-        records.append({"image": files["image"], "task": "unconditional", "direction": "unconditional"})
-    if "text_to_video" in tasks:
-        records.append({"video": files["opening"], "caption": prompt_for(clip), "task": "text_to_video",
-                        "direction": "generation"})
-    if "video_continuation" in tasks:
-        records.append({"messages": [
-            {"role": "user", "content": [{"type": "text", "text": CONTINUATION_REQUEST},
-                                         {"type": "video", "path": files["context"]}]},
-            {"role": "assistant", "content": [{"type": "video", "path": files["future"]}]},
-        ], "task": "video_continuation"})
-    if "text" in tasks:
-        records.append({"text": caption(clip, variant=3), "task": "text"})
-    return records
-
-
-def write_world_dataset(out_dir: str | Path, seeds, config: WorldConfig = WorldConfig(),
-                        tasks: tuple[str, ...] = DEFAULT_TASKS, fps: float = 8.0, progress: bool = True,
-                        workers: int = 1, needles: int = 0, needle_chars: tuple[int, int] = (200, 12000),
-                        needle_spread: NeedleSpread = "uniform", qa_types: tuple[str, ...] = QUESTION_TYPES) -> Path:
-    """Render the clips of `seeds` under `out_dir` with their files (see `clip_files`) and write
-    `out_dir/manifest.jsonl`, one JSON record per line (see `world_records`); returns its path.
-
-    Use `split_seeds("train", n)` for training data and `split_seeds("held_out", n)` for evaluation.
-    `workers` processes render in parallel; the manifest is the same whatever their number. `needles`
-    adds that many needle-retrieval records (see `needle_records`) after the clips' records. `qa_types`
-    narrows the questions that `video_qa` asks (conversations keep every type).
-    """
-    unknown = set(tasks) - set(TASKS)
-    if unknown:
-        raise ValueError(f"unknown tasks {sorted(unknown)}; expected some of {TASKS}")
-    unknown = set(qa_types) - set(QUESTION_TYPES)
-    if unknown:
-        raise ValueError(f"unknown question types {sorted(unknown)}; expected some of {QUESTION_TYPES}")
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    out_dir = Path(out_dir)
-    for folder in ("clips", "images", "openings", "continuation"):
-        (out_dir / folder).mkdir(parents=True, exist_ok=True)
-    # first: bad settings fail before any rendering
-    needle_examples = needle_records(needles, needle_chars, needle_spread)
-    seeds = list(seeds)
-    render_one = partial(_write_clip, out_dir=out_dir, config=config, tasks=tasks, fps=fps, qa_types=qa_types)
-    manifest = out_dir / "manifest.jsonl"
-    with manifest.open("w") as sink, _pool(workers) as pool:
-        rendered = pool.imap(render_one, seeds, chunksize=16) if pool else map(render_one, seeds)
-        for records in tqdm(rendered, total=len(seeds), desc="world clips", disable=not progress):
-            for record in records:
-                sink.write(json.dumps(record) + "\n")
-        for record in needle_examples:
-            sink.write(json.dumps(record) + "\n")
-    return manifest
-
-
-NeedleSpread = Literal["uniform", "log"]
-
-
-def needle_records(count: int, chars: tuple[int, int], spread: NeedleSpread = "uniform",
-                   seeds: range | None = None) -> list[dict]:
-    """`count` needle-retrieval records (lwm.data.needle) at training seeds: one needle at a uniform depth
-    in a haystack whose length in characters is drawn from `chars` uniformly or log-uniformly (`spread`;
-    "log" gives the short haystacks, where a model first learns to copy, a larger share). The tokenizer
-    does not exist yet when the world is written; its tokens per character decide the lengths in tokens."""
-    low, high = chars
-    if count < 0 or not 0 < low <= high:
-        raise ValueError(f"need count >= 0 and 0 < shortest <= longest haystack, got {count} and {chars}")
-    if spread not in ("uniform", "log"):
-        raise ValueError(f"needle spread must be 'uniform' or 'log', got {spread!r}")
-    seeds = split_seeds("train", count) if seeds is None else seeds
-    records = []
-    for seed in seeds:
-        rng = np.random.default_rng([seed, 7])
-        if spread == "uniform":
-            length = int(rng.integers(low, high + 1))
-        else:
-            length = int(np.exp(rng.uniform(np.log(low), np.log(high))))
-        example = needle.make_example(length, float(rng.uniform()), seed)
-        records.append(example.to_record())
-    return records
-
-
-def _write_clip(seed: int, out_dir: Path, config: WorldConfig, tasks: tuple[str, ...], fps: float,
-                qa_types: tuple[str, ...]) -> list[dict]:
-    clip = generate_clip(seed, config)
-    files = clip_files(seed)
-    save_video(clip.frames, out_dir / files["video"], fps=fps, lossless=True)
-    save_image(clip.frames[still_frame(clip)], out_dir / files["image"])
-    if "text_to_video" in tasks:
-        save_video(clip.frames[:TEXT_TO_VIDEO_FRAMES], out_dir / files["opening"], fps=fps, lossless=True)
-    if "video_continuation" in tasks:
-        context, future = continuation(clip, CONTINUATION_FRAMES, CONTINUATION_FRAMES)
-        save_video(context.frames, out_dir / files["context"], fps=fps, lossless=True)
-        save_video(future.frames, out_dir / files["future"], fps=fps, lossless=True)
-    return world_records(clip, files, tasks, qa_types)
-
-
-@contextlib.contextmanager
-def _pool(workers: int):
-    if workers == 1:
-        yield None
-        return
-    # Forked workers would inherit the parent's thread pools; spawn starts them clean.
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield pool

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from lwm.data import judge, world
+from lwm import world
 from lwm.media import load_video, save_video
+from lwm.world import judge
 
 SEEDS = range(200)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lwm.data import needle
 from lwm.data.manifest import parse_record
+from lwm.world import needles
 
 
 def count_words(text: str) -> int:
@@ -16,23 +16,23 @@ def count_words(text: str) -> int:
 
 
 def test_same_seed_same_example_and_seeds_differ():
-    assert needle.make_example(2000, 0.3, seed=4) == needle.make_example(2000, 0.3, seed=4)
-    assert needle.make_example(2000, 0.3, seed=4).context != needle.make_example(2000, 0.3, seed=5).context
+    assert needles.make_example(2000, 0.3, seed=4) == needles.make_example(2000, 0.3, seed=4)
+    assert needles.make_example(2000, 0.3, seed=4).context != needles.make_example(2000, 0.3, seed=5).context
 
 
 @pytest.mark.parametrize("count", [len, count_words], ids=["characters", "words"])
 @pytest.mark.parametrize("length", [300, 1000, 5000])
 def test_context_is_the_longest_that_fits(count, length):
-    example = needle.make_example(length, 0.5, seed=1, count=count)
+    example = needles.make_example(length, 0.5, seed=1, count=count)
     assert count(example.context) <= length
     # One more filler sentence would not fit: the context is within one sentence of the length.
-    longest_sentence = max(count(s) for s in needle.haystack(10 * length, seed=1, count=count).split(". "))
+    longest_sentence = max(count(s) for s in needles.haystack(10 * length, seed=1, count=count).split(". "))
     assert count(example.context) > length - longest_sentence - 2
 
 
 def test_lengths_scale_for_1x_2x_4x():
     trained = 2000
-    examples = [needle.make_example(k * trained, 0.5, seed=3, count=count_words) for k in (1, 2, 4)]
+    examples = [needles.make_example(k * trained, 0.5, seed=3, count=count_words) for k in (1, 2, 4)]
     for k, example in zip((1, 2, 4), examples):
         assert 0.95 * k * trained < count_words(example.context) <= k * trained
     assert len({e.answer for e in examples}) == 1  # the same needle, hidden in more hay
@@ -40,7 +40,7 @@ def test_lengths_scale_for_1x_2x_4x():
 
 @pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.9, 1.0])
 def test_the_needle_sits_at_its_depth(depth):
-    example = needle.make_example(20_000, depth, seed=2)
+    example = needles.make_example(20_000, depth, seed=2)
     (hidden,) = example.needles
     position = example.context.index(hidden.sentence)
     assert abs(position / len(example.context) - depth) < 0.01
@@ -49,7 +49,7 @@ def test_the_needle_sits_at_its_depth(depth):
 
 
 def test_multiple_needles():
-    example = needle.make_example(10_000, [0.1, 0.5, 0.9], seed=7, ask=2)
+    example = needles.make_example(10_000, [0.1, 0.5, 0.9], seed=7, ask=2)
     keys = [n.key for n in example.needles]
     assert len(set(keys)) == 3
     positions = [example.context.index(n.sentence) for n in example.needles]
@@ -59,13 +59,13 @@ def test_multiple_needles():
 
 
 def test_filler_has_no_numbers_and_haystack_fits():
-    text = needle.haystack(5000, seed=0)
+    text = needles.haystack(5000, seed=0)
     assert len(text) <= 5000 and not re.search(r"\d", text)
     assert "special magic" not in text
 
 
 def test_scoring_and_records():
-    example = needle.make_example(500, 0.5, seed=0)
+    example = needles.make_example(500, 0.5, seed=0)
     assert example.is_correct(example.answer)
     assert example.is_correct(f"The number is {example.answer}.")
     assert not example.is_correct("I do not know")
@@ -78,7 +78,7 @@ def test_scoring_and_records():
 
 
 def test_sweep_covers_the_grid():
-    examples = needle.sweep([400, 800], [0.0, 0.5, 1.0], seeds=[0, 1], n_needles=2)
+    examples = needles.sweep([400, 800], [0.0, 0.5, 1.0], seeds=[0, 1], n_needles=2)
     assert len(examples) == 2 * 3 * 2
     for length, depth, example in examples:
         assert len(example.context) <= length and len(example.needles) == 2
@@ -94,4 +94,4 @@ def test_sweep_covers_the_grid():
 ])
 def test_bad_requests_are_refused_clearly(kwargs, error):
     with pytest.raises(ValueError, match=error):
-        needle.make_example(**kwargs)
+        needles.make_example(**kwargs)
