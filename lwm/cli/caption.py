@@ -5,22 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lwm.cli.model_loading import add_model_arguments, load_model
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from lwm.serve.chat_cli import add_model_arguments
-
     parser.description = "Describe an image or a video. The kind is judged from the file's bytes."
     parser.add_argument("file", help="an image or a video")
     parser.add_argument("--question", default=None, help="ask this instead of the default caption request")
     parser.add_argument("--max-tokens", type=int, default=None, help="longest caption (default: up to 512 tokens)")
     add_model_arguments(parser)
+    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from lwm.api import media_kind
     from lwm.media import MediaError
-    from lwm.serve.chat_cli import load_model
-    from lwm.tokenizers.processing_lwm import CAPTION_REQUESTS
+    from lwm.tokenizers import CAPTION_REQUESTS
 
     lwm = load_model(args)
     if lwm is None:

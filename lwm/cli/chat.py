@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from lwm.cli.model_loading import add_model_arguments, load_model
+
 HISTORY_FILE = Path("~/.lwm/chat_history").expanduser()
 
 
@@ -27,36 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default="lwm-output", help="where drawn images and videos are saved")
     parser.add_argument("--no-preview", action="store_true", help="do not show terminal thumbnails of drawings")
     parser.add_argument("--nohistory", action="store_true", help=f"do not keep input history in {HISTORY_FILE}")
-
-
-def add_model_arguments(parser: argparse.ArgumentParser, reads_videos: bool = True) -> None:
-    """--model, --device, --dtype (and --max-frames when the command reads videos)."""
-    parser.add_argument("--model", default="bundled", metavar="DIR",
-                        help="model folder (written by LWM.save_pretrained or `lwm convert`); "
-                        "default: the bundled model")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="decoder precision (default: as saved)")
-    parser.add_argument("--device-map", default=None, metavar="MAP",
-                        help="'auto' spreads a model too big for --device over GPU, CPU and disk (accelerate)")
-    parser.add_argument("--offload-folder", default=None, metavar="DIR",
-                        help="where --device-map puts layers that fit nowhere else")
-    if reads_videos:
-        parser.add_argument("--max-frames", type=int, default=None,
-                            help="frames sampled uniformly from an input video (default: the model's, or 8)")
-
-
-def load_model(args: argparse.Namespace):
-    """The model named by `--model`, or None after printing why it cannot be loaded."""
-    from lwm.api import LWM
-
-    try:
-        return LWM.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                   max_frames=getattr(args, "max_frames", None),
-                                   device_map=args.device_map, offload_folder=args.offload_folder)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"lwm: {error}", file=sys.stderr)
-        return None
+    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""`lwm data ...`: build pre-tokenized datasets from manifests."""
+"""`lwm data ...`: render the synthetic world as a manifest; build pre-tokenized datasets from manifests."""
 
 from __future__ import annotations
 
@@ -6,21 +6,12 @@ import argparse
 import logging
 import sys
 
-from lwm.data.manifest import ManifestError
+from lwm.cli.main import add_command
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
-    tokenize = commands.add_parser(
-        "tokenize",
-        help="tokenize a JSONL manifest into sharded token files",
-        description=(
-            "Run the VQGAN once per media file and the text tokenizer over a JSONL manifest (see "
-            "docs/data.md), writing sharded token files and an index to --out. Interrupted runs resume: "
-            "finished shards are kept. Records with missing or corrupt media are skipped, counted and "
-            "listed in OUT/bad_records.jsonl."
-        ),
-    )
+    tokenize = add_command(commands, "tokenize", _run_tokenize, help="tokenize a JSONL manifest into sharded token files")
     tokenize.add_argument("manifest", help="the JSONL manifest")
     tokenize.add_argument("--out", required=True, help="output folder (created; reused to resume)")
     tokenize.add_argument("--tokenizer", required=True, help="text tokenizer: a folder or a tokenizer.model file")
@@ -32,22 +23,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     tokenize.add_argument("--device", default="cpu", help="device for the VQGAN (default: cpu)")
     tokenize.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    world = commands.add_parser(
-        "world",
-        help="render synthetic-world clips and a manifest of their tasks",
-        description=(
-            "Render clips of the synthetic world (moving coloured shapes) with captions, questions, stills, "
-            "text-to-video prompts and continuation targets, and write OUT/manifest.jsonl. Training seeds "
-            "start at 0; held-out seeds start at 1,000,000 (--split held_out)."
-        ),
-    )
+    world = add_command(commands, "world", _run_world, help="render synthetic-world clips and a manifest of their tasks")
     world.add_argument("out", help="output folder")
     world.add_argument("--clips", type=int, default=100,
                        help="number of clips (default: 100; 0 with --needles writes needle records only)")
     world.add_argument("--split", choices=["train", "held_out"], default="train", help="seed range (default: train)")
     world.add_argument("--fps", type=float, default=8.0, help="frame rate of the written videos (default: 8)")
     world.add_argument("--workers", type=int, default=1, help="processes rendering clips (default: 1)")
-    # No `choices`: they live in lwm.data.world, which imports torch; write_world_dataset names the valid ones.
+    # No `choices`: they live in lwm.world, which imports torch; write_world_dataset names the valid ones.
     world.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
                        help="what each clip's records train (default: the bundled model's video_caption video_qa "
                             "image_text text_to_video video_continuation text; also video_conversation, 2-4 "
@@ -69,10 +52,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     world.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.data_command == "world":
-        return _run_world(args)
-    from lwm.data.tokenize import TokenizeConfig, tokenize_manifest
+def _run_tokenize(args: argparse.Namespace) -> int:
+    """Run the VQGAN once per media file and the text tokenizer over a JSONL manifest (see docs/data.md),
+    writing sharded token files and an index to --out. Interrupted runs resume: finished shards are kept.
+    Records with missing or corrupt media are skipped, counted and listed in OUT/bad_records.jsonl."""
+    from lwm.data import ManifestError, TokenizeConfig, tokenize_manifest
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     config = TokenizeConfig(
@@ -96,7 +80,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_world(args: argparse.Namespace) -> int:
-    from lwm.data.world import DEFAULT_TASKS, QUESTION_TYPES, split_seeds, write_world_dataset
+    """Render clips of the synthetic world (moving coloured shapes) with captions, questions, stills,
+    text-to-video prompts and continuation targets, and write OUT/manifest.jsonl. Training seeds start at
+    0; held-out seeds start at 1,000,000 (--split held_out)."""
+    from lwm.world import DEFAULT_TASKS, QUESTION_TYPES, split_seeds, write_world_dataset
 
     if args.clips < 0 or args.clips == 0 and args.needles < 1:
         print("lwm data world: --clips must be at least 1 (or 0 with --needles)", file=sys.stderr)

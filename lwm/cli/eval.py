@@ -1,6 +1,6 @@
 """`lwm eval`: measure a model on the synthetic world and on needle retrieval.
 
-    lwm eval --model bundled --out eval/                  # the full eval
+    lwm eval --model bundled                               # the full eval, into runs/eval/bundled-<time>
     lwm eval --quick --out /tmp/eval                       # CI: a small subset, fails under the bars
     lwm eval --model DIR --out eval/ --tasks video_qa needle --seeds 50 --trained-length 4096
 
@@ -13,41 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from lwm.cli.model_loading import add_model_arguments, load_model
 from lwm.eval.bars import BARS_FILE
-from lwm.eval.world import WORLD_TASKS
-
-TASKS = WORLD_TASKS + ("needle",)
-
-
-@dataclass(frozen=True)
-class Preset:
-    """What --quick and the full eval measure unless flags say otherwise."""
-
-    seeds: int
-    video_frames: int
-    context_frames: int
-    continuation_frames: int
-    needle_multiples: tuple[int, ...]
-    needle_depths: tuple[float, ...]
-    needle_seeds: int
-    ring: bool
-
-
-# 4 generated frames and 4 + 4 for continuation: the video lengths the bundled model is trained on.
-FULL = Preset(seeds=50, video_frames=4, context_frames=4, continuation_frames=4, needle_multiples=(1, 2, 4),
-              needle_depths=(0.0, 0.25, 0.5, 0.75, 1.0), needle_seeds=4, ring=True)
-# Small enough for 2 CPU cores in under 2 minutes with a small model; still real outputs, fewer of them.
-QUICK = Preset(seeds=4, video_frames=4, context_frames=4, continuation_frames=2, needle_multiples=(1,),
-               needle_depths=(0.0, 0.5, 1.0), needle_seeds=2, ring=False)
+from lwm.eval.suite import FULL, QUICK, TASKS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from lwm.serve.chat_cli import add_model_arguments
-
     parser.description = (
         "Evaluate a model on held-out seeds of the synthetic world (video QA by question type, questions in one "
         "multi-turn chat, captions, text->image, text->video, continuation, tokenizer PSNR) and on needle "
@@ -55,7 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "and writes OUT/report.json and PNGs. Exits 1 if a score misses its bar."
     )
     add_model_arguments(parser)
-    parser.add_argument("--out", required=True, metavar="DIR", help="where report.json and the PNGs go")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="where report.json and the PNGs go (default: runs/eval/<model>-<date>-<time>)")
     parser.add_argument("--quick", action="store_true",
                         help=f"a small subset for CI ({QUICK.seeds} clips, {QUICK.video_frames}-frame videos, "
                         "needles at 1x only, no ring)")
@@ -81,12 +55,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"bars to meet (default: the model folder's {BARS_FILE}, if any)")
     parser.add_argument("--bar", action="append", default=[], metavar="METRIC>=X",
                         help="a bar to meet, e.g. video_qa.accuracy>=0.9 or continuation.trajectory_error<=6; repeatable")
+    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from lwm.api import model_folder
     from lwm.eval.bars import check_bars, load_bars, parse_bar
-    from lwm.serve.chat_cli import load_model
+    from lwm.eval.suite import EvalOptions, default_out_dir, evaluate, write_outputs
 
     try:
         folder = model_folder(args.model)
@@ -102,10 +77,15 @@ def run(args: argparse.Namespace) -> int:
     lwm = load_model(args)
     if lwm is None:
         return 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    options = EvalOptions(
+        model=str(args.model), quick=args.quick, tasks=tuple(args.tasks), seeds=args.seeds,
+        video_frames=args.video_frames, temperature=args.temperature, trained_length=args.trained_length,
+        needle_multiples=None if args.needle_multiples is None else tuple(args.needle_multiples),
+        needle_seeds=args.needle_seeds, rope_scalings=tuple(args.rope_scaling), ring=args.ring,
+    )
+    out = Path(args.out) if args.out else default_out_dir(args.model)
     try:
-        report = evaluate(lwm, folder, args)
+        report = evaluate(lwm, folder, options)
     except ValueError as error:
         print(f"lwm eval: {error}", file=sys.stderr)
         return 1
@@ -118,69 +98,3 @@ def run(args: argparse.Namespace) -> int:
               + ", ".join(f"{bar['metric']} {bar['op']} {bar['value']:g}" for bar in failed), file=sys.stderr)
         return 1
     return 0
-
-
-def evaluate(lwm, folder: Path, args: argparse.Namespace) -> dict:
-    """The report (without bars) of the tasks `args` asks for; PNG rows ride along under "grids"."""
-    from lwm.eval.needle import NeedleEvalConfig, evaluate_needle
-    from lwm.eval.report import flat_metrics
-    from lwm.eval.world import LWMSubject, WorldEvalConfig, evaluate_world
-
-    preset = QUICK if args.quick else FULL
-    world_config = WorldEvalConfig(
-        seeds=preset.seeds if args.seeds is None else args.seeds,
-        video_frames=preset.video_frames if args.video_frames is None else args.video_frames,
-        context_frames=preset.context_frames,
-        continuation_frames=preset.continuation_frames,
-        temperature=args.temperature,
-    )
-    world_tasks = [task for task in WORLD_TASKS if task in args.tasks]
-    results = evaluate_world(LWMSubject(lwm, temperature=args.temperature), world_tasks, world_config,
-                             vqgan=lwm.processor.vqgan, progress=True)
-    tasks = {task: result.summary for task, result in results.items()}
-    grids = {task: result.grid for task, result in results.items()}
-    timings = {task: result.seconds for task, result in results.items()}
-    needle_config = None
-    if "needle" in args.tasks:
-        multiples = tuple(args.needle_multiples or preset.needle_multiples)
-        ring = preset.ring if args.ring is None else args.ring
-        needle_config = NeedleEvalConfig(
-            trained_length=lwm.context_length if args.trained_length is None else args.trained_length,
-            multiples=multiples,
-            depths=preset.needle_depths,
-            seeds=preset.needle_seeds if args.needle_seeds is None else args.needle_seeds,
-            rope_scalings=tuple(args.rope_scaling),
-            ring_multiples=(1,) if ring and 1 in multiples else (),
-        )
-        start = time.perf_counter()
-        tasks["needle"] = evaluate_needle(lwm.model, lwm.processor, needle_config, model_dir=folder, progress=True)
-        timings["needle"] = time.perf_counter() - start
-    return {
-        "model": str(args.model),
-        "quick": bool(args.quick),
-        "tasks_run": list(tasks),
-        "config": {"world": asdict(world_config), "needle": asdict(needle_config) if needle_config else None},
-        "seconds": timings,
-        "metrics": flat_metrics(tasks),
-        "tasks": tasks,
-        "grids": grids,
-    }
-
-
-def write_outputs(report: dict, out: Path) -> None:
-    """Prints the table; writes report.json, one PNG grid per drawing task and the needle heat-map."""
-    from lwm.eval.report import format_table, heatmap, video_grid, write_json
-
-    grids = report.pop("grids")
-    pictures = []
-    for task, rows in grids.items():
-        if rows:
-            video_grid(rows, out / f"{task}.png")
-            pictures.append(f"{task}.png")
-    if "needle" in report["tasks"]:
-        heatmap(report["tasks"]["needle"]["cells"], out / "needle_heatmap.png")
-        pictures.append("needle_heatmap.png")
-    report["pictures"] = pictures
-    write_json(report, out / "report.json")
-    print(format_table(report["metrics"], report["bars"]))
-    print(f"\nwrote {out / 'report.json'}" + (f" and {', '.join(pictures)}" if pictures else ""))

@@ -5,18 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lwm.cli.main import add_command
+from lwm.cli.model_loading import add_model_arguments, load_model
 from lwm.generation.vision import IMAGE_SAMPLING, VIDEO_SAMPLING
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from lwm.serve.chat_cli import add_model_arguments
-
     parser.description = "Generate an image or a video from a text prompt and save it."
     kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
-    image = kinds.add_parser("image", help="draw an image (PNG, JPEG, ...)", description="Draw an image from a prompt.")
-    video = kinds.add_parser("video", help="draw a video (MP4, GIF, ...)", description=(
-        "Draw a video from a prompt with LWM's procedure: the first frame as an image (guided), the rest "
-        "following the video prompt."))
+    image = add_command(kinds, "image", _run_image, help="draw an image (PNG, JPEG, ...)")
+    video = add_command(kinds, "video", _run_video, help="draw a video (MP4, GIF, ...)")
     for sub, default_output in ((image, "image.png"), (video, "video.mp4")):
         sub.add_argument("prompt", help="what to draw")
         sub.add_argument("-o", "--output", default=default_output, help=f"file to write (default: {default_output})")
@@ -32,23 +30,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     video.add_argument("--fps", type=float, default=8.0, help="playback rate of the file (default: %(default)s)")
 
 
-def run(args: argparse.Namespace) -> int:
+def _run_image(args: argparse.Namespace) -> int:
+    """Draw an image from a prompt."""
+    return _draw(args, lambda lwm: lwm.generate_image(
+        args.prompt, guidance_scale=args.guidance_scale, top_k=args.top_k, temperature=args.temperature,
+        seed=args.seed, progress=True,
+    ))
+
+
+def _run_video(args: argparse.Namespace) -> int:
+    """Draw a video from a prompt with LWM's procedure: the first frame as an image (guided), the rest
+    following the video prompt."""
+    return _draw(args, lambda lwm: lwm.generate_video(
+        args.prompt, num_frames=args.frames, guidance_scale=args.guidance_scale, top_k=args.top_k,
+        temperature=args.temperature, fps=args.fps, seed=args.seed, progress=True,
+    ))
+
+
+def _draw(args: argparse.Namespace, draw) -> int:
+    """Loads the model, draws with `draw(lwm)` and saves to --output (a PIL image or a `Video`, both with `save`)."""
     from lwm.media import MediaError
-    from lwm.serve.chat_cli import load_model
 
     lwm = load_model(args)
     if lwm is None:
         return 1
     try:
-        if args.kind == "image":
-            image = lwm.generate_image(args.prompt, guidance_scale=args.guidance_scale, top_k=args.top_k,
-                                       temperature=args.temperature, seed=args.seed, progress=True)
-            image.save(args.output)
-        else:
-            video = lwm.generate_video(args.prompt, num_frames=args.frames, guidance_scale=args.guidance_scale,
-                                       top_k=args.top_k, temperature=args.temperature, fps=args.fps, seed=args.seed,
-                                       progress=True)
-            video.save(args.output)
+        draw(lwm).save(args.output)
     except (ValueError, MediaError, OSError) as error:
         print(f"lwm generate: {error}", file=sys.stderr)
         return 1

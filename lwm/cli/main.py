@@ -1,7 +1,9 @@
-"""The `lwm` command.
+"""The `lwm` command: every sub-command's parser and the one dispatch.
 
-Each sub-command lives in the package that owns it, as a module exposing `configure(parser)` (adds
-its arguments) and `run(args) -> int | None`. Modules are imported only when their sub-command is
+Each command module of this package adds its arguments in `configure(parser)` and names the function
+that runs it with `parser.set_defaults(run=...)`; a command with sub-commands registers each with
+`add_command`, whose description is the docstring of the function that runs it. `main` parses and
+returns `args.run(args)`. A command's module is imported only when that command is
 used, so `lwm --help` stays instant and a missing optional extra breaks only its own command.
 """
 
@@ -9,61 +11,54 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
+from collections.abc import Callable
 
 # name -> (module, one-line help). Order is the order shown by `lwm --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "chat": ("lwm.serve.chat_cli", "chat with a model about images and videos, or ask it to draw"),
-    "generate": ("lwm.generation.cli", "generate an image or a video from a prompt"),
-    "caption": ("lwm.generation.caption_cli", "describe an image or a video"),
-    "serve": ("lwm.serve.server_cli", "serve a model over an OpenAI-compatible HTTP API"),
-    "train": ("lwm.training.cli", "train or fine-tune a model from a YAML config"),
-    "tokenizer": ("lwm.tokenizers.cli", "train, run and evaluate the VQGAN and text tokenizers"),
-    "data": ("lwm.data.cli", "build pre-tokenized datasets from manifests"),
-    "eval": ("lwm.eval.cli", "evaluate a model on the synthetic world and needle retrieval"),
-    "convert": ("lwm.convert.cli", "convert official LWM checkpoints (JAX, VQGAN pickle) to this format"),
+    "chat": ("lwm.cli.chat", "chat with a model about images and videos, or ask it to draw"),
+    "generate": ("lwm.cli.generate", "generate an image or a video from a prompt"),
+    "caption": ("lwm.cli.caption", "describe an image or a video"),
+    "serve": ("lwm.cli.serve", "serve a model over an OpenAI-compatible HTTP API"),
+    "train": ("lwm.cli.train", "train or fine-tune a model from a YAML config"),
+    "tokenizer": ("lwm.cli.tokenizer", "train, run and evaluate the VQGAN and text tokenizers"),
+    "data": ("lwm.cli.data", "build datasets: the synthetic world, pre-tokenized shards"),
+    "eval": ("lwm.cli.eval", "evaluate a model on the synthetic world and needle retrieval"),
+    "convert": ("lwm.cli.convert", "convert official LWM checkpoints (JAX, VQGAN pickle) to this format"),
+    "memory": ("lwm.cli.memory", "memory needs of a model: weights, KV cache, the context that fits a device"),
 }
 
 
-def _load(name: str):
-    module_name, _ = COMMANDS[name]
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name and (error.name == module_name or module_name.startswith(error.name + ".")):
-            return None
-        raise
+def add_command(commands, name: str, run: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+    """The parser of sub-command `name` of `commands` (an argparse subparsers action), which `main` runs
+    as `run(args)`; `run`'s docstring is its description."""
+    parser = commands.add_parser(name, help=help, description=inspect.getdoc(run) or help)
+    parser.set_defaults(run=run)
+    return parser
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of `lwm`; the arguments of command `only` are added (importing its module)."""
     parser = argparse.ArgumentParser(
         prog="lwm",
         description="LWM-PyTorch: a large world model over text, images and video.",
     )
+    # The deepspeed launcher puts it before the command: `deepspeed --module lwm train CONFIG`.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
+    for name, (module, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         if name == only:
-            module = _load(name)
-            if module is not None:
-                module.configure(command_parser)
+            importlib.import_module(module).configure(command_parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     requested = next((a for a in argv if not a.startswith("-")), None)
-    only = requested if requested in COMMANDS else None
-    args = build_parser(only).parse_args(argv)
+    args = build_parser(requested if requested in COMMANDS else None).parse_args(argv)
     if args.command is None:
         build_parser().print_help()
         return 0
-    module = _load(args.command)
-    if module is None:
-        print(f"lwm {args.command}: this command is not available in this version yet.", file=sys.stderr)
-        return 2
-    return module.run(args) or 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return args.run(args) or 0

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from lwm.serve.chat_cli import add_model_arguments
+from lwm.cli.model_loading import add_model_arguments
 
 MIB = 1 << 20
 
@@ -17,9 +17,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Serve a model over an OpenAI-compatible API: /v1/chat/completions (images and videos as data: URLs, "
         "or file:// URLs under --allowed-media-dir), /v1/images/generations, /v1/videos/generations, "
-        "/v1/models, /health and /metrics. Requests run one at a time, in arrival order."
+        "/v1/models, /health and /metrics. Requests run one at a time, in arrival order. An input video is "
+        "read as --max-frames frames (default: the model's), whatever the request."
     )
-    add_model_arguments(parser, reads_videos=False)
+    add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model-name", default="lwm", help="the model id reported by /v1/models")
@@ -33,20 +34,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-mb", type=float, default=64, help="largest request body")
     parser.add_argument("--max-media-mb", type=float, default=32, help="largest image or video in a request")
     parser.add_argument("--max-media-per-request", type=int, default=8)
-    parser.add_argument("--max-input-frames", type=int, default=16,
-                        help="frames sampled from an input video, whatever the request")
     parser.add_argument("--max-output-frames", type=int, default=16, help="most frames a video generation may ask for")
     parser.add_argument("--max-queue", type=int, default=64, help="requests that may wait for the model")
     parser.add_argument("--shutdown-timeout", type=float, default=30,
                         help="seconds to let running requests finish on shutdown")
+    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from lwm.api import LWM, model_folder
-    from lwm.serve.media_fetch import MediaPolicy
-    from lwm.serve.server import ServerConfig, create_app
+    from lwm.serve import MediaPolicy, ServerConfig, create_app
 
     try:
         model_folder(args.model)  # fail now, not in the worker, when there is no model
@@ -64,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
         media=policy,
         max_body_bytes=int(args.max_body_mb * MIB),
         max_media_per_request=args.max_media_per_request,
-        max_input_frames=args.max_input_frames,
         max_output_frames=args.max_output_frames,
         max_queue=args.max_queue,
     )
@@ -74,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
                                                args.host)
 
     def load_model() -> LWM:
-        return LWM.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_frames=args.max_input_frames,
+        return LWM.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_frames=args.max_frames,
                                    device_map=args.device_map, offload_folder=args.offload_folder)
 
     app = create_app(load_model, config)

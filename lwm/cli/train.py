@@ -1,10 +1,10 @@
 """`lwm train CONFIG [key=value ...] [--resume auto]`: train or fine-tune from a YAML config.
 
-One process runs as is; for several, launch the same module with torchrun or deepspeed:
+One process runs as is; for several, launch the same command with torchrun or deepspeed:
 
     lwm train configs/train/tiny-world.yaml optimizer.lr=1e-3 --resume auto
-    torchrun --nproc_per_node 4 -m lwm.training configs/train/tiny-world.yaml parallel.sp_size=2
-    deepspeed --hostfile hosts --module lwm.training configs/train/tiny-world.yaml
+    torchrun --nproc_per_node 4 -m lwm train configs/train/tiny-world.yaml parallel.sp_size=2
+    deepspeed --hostfile hosts --module lwm train configs/train/tiny-world.yaml
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lwm.training.config import ConfigError, load_config
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Train LWM from a YAML config over a dp × sp world (DeepSpeed ZeRO, ring attention), stage by "
-        "stage. One process here; launch `-m lwm.training` with torchrun or deepspeed for several."
+        "stage. One process here; launch `-m lwm train` with torchrun or deepspeed for several."
     )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
@@ -39,12 +37,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--export-dir", default=None, metavar="DIR",
         help="with --export-only: write the export to DIR (replacing it) instead of OUTPUT_DIR/pretrained/TAG",
     )
-    parser.add_argument(
-        "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS,  # passed by the deepspeed launcher
-    )
+    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from lwm.training import ConfigError, Trainer, TrainingDiverged, load_config
+
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as error:
@@ -53,8 +51,6 @@ def run(args: argparse.Namespace) -> int:
     if args.export_dir and not args.export_only:
         print("lwm train: --export-dir goes with --export-only", file=sys.stderr)
         return 2
-    from lwm.training.trainer import Trainer, TrainingDiverged
-
     try:
         trainer = Trainer(config, resume=args.resume)
         exported = trainer.export_latest(args.export_dir) if args.export_only else trainer.run()

@@ -47,7 +47,7 @@ def test_lwm_data_world_writes_needles_and_refuses_bad_settings(tmp_path, capsys
 
 
 def test_lwm_data_world_help_names_every_task_and_the_defaults(capsys):
-    from lwm.data.world import DEFAULT_TASKS, TASKS
+    from lwm.world import DEFAULT_TASKS, TASKS
 
     with pytest.raises(SystemExit):
         main(["data", "world", "--help"])

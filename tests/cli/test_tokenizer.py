@@ -1,5 +1,5 @@
-"""`lwm tokenizer ...`: a short training run on synthetic-world clips beats an untrained tokenizer;
-encode / decode / eval round trips; resume; errors are reported, not raised."""
+"""`lwm tokenizer ...`: a short training run (a YAML config, as `lwm train`'s) on synthetic-world clips
+beats an untrained tokenizer; encode / decode / eval round trips; resume; errors are reported, not raised."""
 
 from __future__ import annotations
 
@@ -14,12 +14,11 @@ import torch
 
 from lwm import media
 from lwm.cli import main as lwm_main
-from lwm.data.world import split_seeds, write_world_dataset
-from lwm.eval.reconstruction import evaluate_reconstruction, psnr
-from lwm.tokenizers.configuration_vqgan import VQGANConfig
-from lwm.tokenizers.modeling_vqgan import VQGAN
-from lwm.tokenizers.text import load_text_tokenizer
-from lwm.tokenizers.training_vqgan import find_media, load_eval_frames
+from lwm.eval import evaluate_reconstruction, psnr
+from lwm.tokenizers import VQGAN, VQGANConfig, load_text_tokenizer
+from lwm.training import find_media, load_eval_frames, load_vqgan_config
+from lwm.world import split_seeds, write_world_dataset
+from tests.training.runs import REPO, write_config
 
 STEPS = 150
 
@@ -32,17 +31,25 @@ def world(tmp_path_factory):
     return train, held_out
 
 
+def train_config(world, out, **settings) -> str:
+    """A `lwm tokenizer train` config of the tiny VQGAN on the world's training clips, beside `out`."""
+    train, held_out = world
+    raw = {"data": [str(train)], "eval_data": [str(held_out)], "output_dir": str(out), "model": "tiny", **settings}
+    return str(write_config(raw, out.parent / f"{out.name}.yaml"))
+
+
 @pytest.fixture(scope="module")
 def trained(world, tmp_path_factory):
-    train, held_out = world
-    out = tmp_path_factory.mktemp("vqgan")
-    code = lwm_main([
-        "tokenizer", "train", str(train), "--eval-data", str(held_out), "-o", str(out), "--model", "tiny",
-        "--steps", str(STEPS), "--batch-size", "8", "--frames-per-clip", "2", "--lr", "2e-3", "--warmup-steps", "10",
-        "--l2-weight", "1", "--log-every", "20", "--eval-every", "1000", "--save-every", "1000", "--eval-frames", "48",
-    ])
-    assert code == 0
+    out = tmp_path_factory.mktemp("vqgan") / "model"
+    config = train_config(world, out, max_steps=STEPS, batch_size=8, frames_per_clip=2, learning_rate=2e-3,
+                          warmup_steps=10, l2_weight=1.0, log_every=20, eval_every=1000, save_every=1000, eval_frames=48)
+    assert lwm_main(["tokenizer", "train", config]) == 0
     return out
+
+
+def test_the_bundled_recipe_is_a_valid_config():
+    config = load_vqgan_config(REPO / "configs" / "train" / "bundled-vqgan.yaml")
+    assert (config.model, config.max_steps, config.batch_size, config.learning_rate) == ("world", 3000, 64, 5e-4)
 
 
 def held_out_frames(held_out, resolution):
@@ -105,15 +112,16 @@ def test_bad_inputs_are_reported(trained, tmp_path, capsys):
 
 
 def test_resume_continues_from_the_last_checkpoint(world, tmp_path, capsys):
-    train, held_out = world
-    common = ["tokenizer", "train", str(train), "--eval-data", str(held_out), "-o", str(tmp_path), "--model", "tiny",
-              "--batch-size", "4", "--log-every", "1", "--save-every", "2", "--eval-frames", "8"]
-    assert lwm_main(common + ["--steps", "3"]) == 0
-    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-2", "step-3"]
-    assert lwm_main(common + ["--steps", "5", "--resume"]) == 0
+    out = tmp_path / "model"
+    config = train_config(world, out, batch_size=4, log_every=1, save_every=2, eval_frames=8)
+    assert lwm_main(["tokenizer", "train", config, "max_steps=3"]) == 0
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-2", "step-3"]
+    assert lwm_main(["tokenizer", "train", config, "max_steps=5", "--resume"]) == 0
     assert "resumed from" in capsys.readouterr().out
-    steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines() if "loss" in line]
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines() if "loss" in line]
     assert steps == [1, 2, 3, 4, 5]
+    assert lwm_main(["tokenizer", "train", config, "max_step=5"]) == 1  # a setting that does not exist
+    assert "unknown setting max_step" in capsys.readouterr().err
 
 
 def test_train_text_delegates_to_the_text_tokenizer(tmp_path):
@@ -125,27 +133,27 @@ def test_train_text_delegates_to_the_text_tokenizer(tmp_path):
 
 
 def test_gan_loss_trains_after_its_warm_up(world, tmp_path):
-    train, held_out = world
-    assert lwm_main(["tokenizer", "train", str(train), "--eval-data", str(held_out), "-o", str(tmp_path),
-                     "--model", "tiny", "--steps", "3", "--batch-size", "4", "--gan-weight", "0.1", "--gan-start", "1",
-                     "--log-every", "1", "--eval-frames", "8"]) == 0
-    checkpoint = tmp_path / "checkpoints" / "step-3"
+    out = tmp_path / "model"
+    config = train_config(world, out, max_steps=3, batch_size=4, gan_weight=0.1, gan_start_step=1, log_every=1,
+                          eval_frames=8)
+    assert lwm_main(["tokenizer", "train", config]) == 0
+    checkpoint = out / "checkpoints" / "step-3"
     assert (checkpoint / "model_1.safetensors").is_file()  # the discriminator is checkpointed with the VQGAN
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "log.jsonl").read_text().splitlines() if "loss" in line]
+    losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines() if "loss" in line]
     assert len(losses) == 3 and all(np.isfinite(losses))
 
 
 def test_two_processes_train_as_one_group(world, tmp_path):
-    train, held_out = world
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "lwm.cli",
-               "tokenizer", "train", str(train), "--eval-data", str(held_out), "-o", str(tmp_path), "--model", "tiny",
-               "--steps", "2", "--batch-size", "4", "--log-every", "1", "--eval-frames", "8"]
+    out = tmp_path / "model"
+    config = train_config(world, out, max_steps=2, batch_size=4, log_every=1, eval_frames=8)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "lwm",
+               "tokenizer", "train", config]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("held-out: frames 8") == 1  # one group, one report
-    assert (tmp_path / "checkpoints" / "step-2" / "random_states_1.pkl").is_file()
-    steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines() if "loss" in line]
+    assert (out / "checkpoints" / "step-2" / "random_states_1.pkl").is_file()
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines() if "loss" in line]
     assert steps == [1, 2]
 
 
