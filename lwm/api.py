@@ -21,6 +21,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Literal, Union
 
@@ -29,13 +30,12 @@ import torch
 from PIL import Image
 
 from lwm import media
-from lwm.generation import vision
-from lwm.generation.logits_process import TextOnlyLogitsProcessor
-from lwm.generation.sampling import SamplingConfig, iter_tokens
-from lwm.tokenizers.processing_lwm import CAPTION_REQUESTS, CONTINUATION_REQUEST, LWMProcessor
+from lwm.generation import IMAGE_SAMPLING, VIDEO_SAMPLING, SamplingConfig, TextOnlyLogitsProcessor, iter_tokens, vision
+from lwm.tokenizers import CAPTION_REQUESTS, CONTINUATION_REQUEST, LWMProcessor
 
 BUNDLED = "bundled"
-BUNDLED_DIR = Path(__file__).resolve().parents[1] / "bundled"
+# Package data, found through the installed package: a wheel ships the bundled model.
+BUNDLED_DIR = Path(str(resources.files("lwm") / BUNDLED))
 DEFAULT_FPS = 8.0
 DEFAULT_MAX_FRAMES = 8  # frames read from an input video when the model folder does not say (LWM's chat: 8)
 DEFAULT_MAX_NEW_TOKENS = 512
@@ -173,11 +173,17 @@ class LWM:
                 f"the model's code grid is {config.vision_grid_size} x {config.vision_grid_size}, but the processor's "
                 f"frames have {processor.codes_per_frame} codes"
             )
+        if max_frames is not None or processor.config.max_frames is None:
+            # The one place the number of frames is decided: the processor samples them from every video.
+            frames = DEFAULT_MAX_FRAMES if max_frames is None else max_frames
+            processor = LWMProcessor(processor.tokenizer, processor.vqgan, processor.config, max_frames=frames)
         self.model = model.eval()
         self.processor = processor
-        self.max_frames = max_frames or processor.config.max_frames or DEFAULT_MAX_FRAMES
-        if self.max_frames < 1:
-            raise ValueError(f"max_frames must be at least 1, got {self.max_frames}")
+
+    @property
+    def max_frames(self) -> int:
+        """Frames read from an input video, spread uniformly over it (the processor's setting)."""
+        return self.processor.config.max_frames
 
     # ------------------------------------------------------------------ loading and saving
 
@@ -197,7 +203,8 @@ class LWM:
 
         dtype (or its transformers alias torch_dtype): of the decoder ("float32", "bfloat16",
             "float16" or a torch dtype); the VQGAN stays float32.
-        max_frames: frames read from an input video (spread uniformly over it).
+        max_frames: frames read from an input video (spread uniformly over it); default: the
+            folder's processor_config.json, else 8.
         device_map, max_memory, offload_folder: accelerate's big-model placement, for decoders
             larger than one device: e.g. device_map="auto" spreads layers over GPU, CPU and disk.
             `device` then only places the VQGAN and the inputs.
@@ -306,9 +313,9 @@ class LWM:
         self,
         prompt: str,
         *,
-        guidance_scale: float = vision.IMAGE_SAMPLING.guidance_scale,
-        top_k: int | None = vision.IMAGE_SAMPLING.top_k,
-        temperature: float = vision.IMAGE_SAMPLING.temperature,
+        guidance_scale: float = IMAGE_SAMPLING.guidance_scale,
+        top_k: int | None = IMAGE_SAMPLING.top_k,
+        temperature: float = IMAGE_SAMPLING.temperature,
         seed: int | None = None,
         progress: bool = False,
     ) -> Image.Image:
@@ -331,10 +338,10 @@ class LWM:
         prompt: str,
         *,
         num_frames: int = 8,
-        guidance_scale: float = vision.IMAGE_SAMPLING.guidance_scale,
-        video_guidance_scale: float = vision.VIDEO_SAMPLING.guidance_scale,
-        top_k: int | None = vision.VIDEO_SAMPLING.top_k,
-        temperature: float = vision.VIDEO_SAMPLING.temperature,
+        guidance_scale: float = IMAGE_SAMPLING.guidance_scale,
+        video_guidance_scale: float = VIDEO_SAMPLING.guidance_scale,
+        top_k: int | None = VIDEO_SAMPLING.top_k,
+        temperature: float = VIDEO_SAMPLING.temperature,
         fps: float = DEFAULT_FPS,
         seed: int | None = None,
         progress: bool = False,
@@ -342,7 +349,7 @@ class LWM:
         """Text -> video with LWM's procedure: the first frame is drawn as an image (guidance
         `guidance_scale`, top-k 8192), then the rest follow the video prompt (`video_guidance_scale`, `top_k`).
         """
-        first = vision_sampling(temperature, vision.IMAGE_SAMPLING.top_k, guidance_scale)
+        first = vision_sampling(temperature, IMAGE_SAMPLING.top_k, guidance_scale)
         rest = vision_sampling(temperature, top_k, video_guidance_scale)
         video_prompt = self._generation_prompt(prompt, "video", num_frames)
         image_prompt = self._generation_prompt(prompt, "image", 1)
@@ -366,8 +373,8 @@ class LWM:
         *,
         num_frames: int = 4,
         prompt: str | None = None,
-        top_k: int | None = vision.VIDEO_SAMPLING.top_k,
-        temperature: float = vision.VIDEO_SAMPLING.temperature,
+        top_k: int | None = VIDEO_SAMPLING.top_k,
+        temperature: float = VIDEO_SAMPLING.temperature,
         fps: float | None = None,
         seed: int | None = None,
         progress: bool = False,
@@ -391,7 +398,9 @@ class LWM:
         if prompt is None:
             request = [{"role": "user", "content": [{"type": "text", "text": CONTINUATION_REQUEST},
                                                     {"type": "video", "codes": codes}]}]
-            prompt_ids = self.processor.apply_chat_template(request, add_generation_prompt=True, generation_mode="vision")["input_ids"]
+            prompt_ids = self.processor.apply_chat_template(
+                request, add_generation_prompt=True, generation_mode="vision"
+            )["input_ids"]
             self._check_fits(len(prompt_ids), self._frame_tokens(num_frames))
             with self._progress(self._frame_tokens(num_frames), "continuing", progress):
                 new_codes = vision.generate_video(
