@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from transformers import LlamaConfig
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
+from lwm.presets import preset_names, read_preset
 
 
 class LWMConfig(LlamaConfig):
@@ -62,15 +59,9 @@ class LWMConfig(LlamaConfig):
 
     @classmethod
     def preset_names(cls) -> list[str]:
-        return sorted(path.stem for path in PRESETS_DIR.glob("*.json"))
+        return preset_names("models")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "LWMConfig":
-        """A named configuration from configs/models/, e.g. "lwm-7b" or "tiny"; keywords override fields."""
-        path = PRESETS_DIR / f"{name}.json"
-        if not path.is_file():
-            raise ValueError(f"unknown model preset {name!r}; available: {', '.join(cls.preset_names())}")
-        fields = json.loads(path.read_text())
-        fields.pop("_comment", None)
-        fields.update(overrides)
-        return cls(**fields)
+        """A named configuration from lwm/presets/models/, e.g. "lwm-7b" or "tiny"; keywords override fields."""
+        return cls(**{**read_preset("models", name), **overrides})

@@ -1,15 +1,17 @@
-"""Training the VQGAN on folders of images/videos or JSONL manifests.
+"""Training the VQGAN on folders of images/videos or JSONL manifests (`lwm tokenizer train CONFIG`).
 
 Loss = L1/L2 reconstruction + the quantizer's own terms (commitment; the "vq" codebook itself is
 learned by EMA with k-means init and dead-code replacement) + optionally an LPIPS-style perceptual
 distance + optionally, after `gan_start_step`, a PatchGAN hinge loss. Runs on one or many devices
-through accelerate (`accelerate launch -m lwm.cli tokenizer train ...`, or `torchrun` on CPUs), shows
+through accelerate (`accelerate launch -m lwm tokenizer train ...`, or `torchrun` on CPUs), shows
 a progress bar, logs PSNR / codebook usage / perplexity (and the perceptual distance) to the bar and
 to `OUT/log.jsonl`, checkpoints to `OUT/checkpoints/step-N`, resumes from the latest one, and writes
-the final model (`config.json` + `model.safetensors`) to `OUT`.
+the final model (`config.json` + `model.safetensors`) to `OUT`. Its settings are a `VQGANTrainConfig`,
+read from YAML with dotted overrides by the same mechanism as `lwm train`'s (lwm.training.config), e.g.
+configs/train/bundled-vqgan.yaml.
 
 The perceptual loss needs pretrained VGG16 + LPIPS weights, which we neither ship nor download: it is
-on only when the user supplies them (`perceptual_weights`, see `lwm.tokenizers.perceptual`). That
+on only when the user supplies them (`perceptual_weights`, see `lwm.training.perceptual`). That
 network stays frozen and outside the checkpoints.
 """
 
@@ -33,15 +35,15 @@ from tqdm import tqdm
 
 from lwm import media
 from lwm.eval.reconstruction import codebook_usage, evaluate_reconstruction, format_metrics, psnr
-from lwm.tokenizers.configuration_vqgan import VQGANConfig
-from lwm.tokenizers.modeling_vqgan import VQGAN
-from lwm.tokenizers.perceptual import PerceptualDistance, load_perceptual_distance
+from lwm.tokenizers import VQGAN, VQGANConfig
+from lwm.training.config import read_config
+from lwm.training.perceptual import PerceptualDistance, load_perceptual_distance
 
 
 @dataclass
-class TrainConfig:
+class VQGANTrainConfig:
     data: list[str]  # folders of images/videos, or .jsonl manifests with "image" or "video" keys
-    output_dir: str
+    output_dir: str  # checkpoints, logs and the final model
     model: str = "world"  # VQGAN preset name or JSON path; ignored when resuming or fine-tuning
     init_from: str | None = None  # a VQGAN folder to fine-tune instead of a fresh model
     eval_data: list[str] = field(default_factory=list)  # held-out media; default: `holdout` of `data`
@@ -55,15 +57,20 @@ class TrainConfig:
     l1_weight: float = 1.0
     l2_weight: float = 0.0
     perceptual_weight: float = 0.0  # 0 disables the perceptual loss; > 0 needs `perceptual_weights`
-    perceptual_weights: str | None = None  # VGG16 + LPIPS weights file (lwm.tokenizers.perceptual)
+    perceptual_weights: str | None = None  # VGG16 + LPIPS weights file, never downloaded (lwm.training.perceptual)
     gan_weight: float = 0.0  # 0 disables the discriminator
     gan_start_step: int = 1000
     log_every: int = 25
     eval_every: int = 500
     save_every: int = 500
     eval_frames: int = 256
-    num_workers: int = 0
+    num_workers: int = 0  # data loader workers
     seed: int = 0
+
+
+def load_vqgan_config(path: str | Path, overrides: list[str] = ()) -> VQGANTrainConfig:
+    """The `lwm tokenizer train` config of a YAML file and its dotted `key=value` overrides."""
+    return read_config(VQGANTrainConfig, path, overrides)
 
 
 # ----------------------------------------------------------------------------- data
@@ -120,7 +127,7 @@ def _concat_frames(batch: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(batch)
 
 
-def split_items(items, config: TrainConfig):
+def split_items(items, config: VQGANTrainConfig):
     if config.eval_data:
         return items, find_media(config.eval_data)
     shuffled = items[:]
@@ -173,7 +180,7 @@ def _latest_checkpoint(output_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def _lr_factor(step: int, config: TrainConfig) -> float:
+def _lr_factor(step: int, config: VQGANTrainConfig) -> float:
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
@@ -186,21 +193,21 @@ def _infinite(loader: DataLoader):
         yield from loader
 
 
-def load_perceptual(config: TrainConfig) -> PerceptualDistance | None:
+def load_perceptual(config: VQGANTrainConfig) -> PerceptualDistance | None:
     """The frozen perceptual network when the loss is on, else None; bad options or weights fail here,
     before any training."""
     if config.perceptual_weight < 0:
-        raise ValueError(f"--perceptual-weight must be >= 0, got {config.perceptual_weight}")
+        raise ValueError(f"perceptual_weight must be >= 0, got {config.perceptual_weight}")
     if config.perceptual_weight > 0 and not config.perceptual_weights:
-        raise ValueError("--perceptual-weight > 0 needs --perceptual-weights PATH (VGG16 + LPIPS weights; "
-                         "nothing is downloaded, see `lwm tokenizer train --help`)")
+        raise ValueError("perceptual_weight > 0 needs perceptual_weights=PATH (VGG16 + LPIPS weights; "
+                         "nothing is downloaded, see lwm/training/perceptual.py)")
     if config.perceptual_weights and config.perceptual_weight == 0:
-        raise ValueError(f"--perceptual-weights {config.perceptual_weights} is given but --perceptual-weight is 0: "
+        raise ValueError(f"perceptual_weights={config.perceptual_weights} is given but perceptual_weight is 0: "
                          "set a weight > 0 to use it, or drop the file")
     return load_perceptual_distance(config.perceptual_weights) if config.perceptual_weights else None
 
 
-def train(config: TrainConfig, resume: bool = False) -> dict:
+def train_vqgan(config: VQGANTrainConfig, resume: bool = False) -> dict:
     """Train (or resume) and return the final held-out metrics."""
     output_dir = Path(config.output_dir)
     perceptual = load_perceptual(config)

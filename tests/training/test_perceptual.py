@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from lwm import media
 from lwm.cli import main as lwm_main
-from lwm.tokenizers.perceptual import load_perceptual_distance
+from lwm.training import load_perceptual_distance
+from tests.training.runs import write_config
 
 # torchvision's vgg16 `features` indices of the 13 convs; a max-pool sits right before 5, 10, 17 and
 # 24, and LPIPS reads the ReLU after 2, 7, 14, 21 and 28 (relu1_2 ... relu5_3)
@@ -129,9 +130,11 @@ def images(tmp_path_factory):
 
 
 def train_command(images, out, steps: int, *extra: str) -> list[str]:
-    return ["tokenizer", "train", str(images), "-o", str(out), "--model", "tiny", "--steps", str(steps),
-            "--batch-size", "2", "--frames-per-clip", "1", "--log-every", "1", "--save-every", "2",
-            "--eval-frames", "2", *extra]
+    """`lwm tokenizer train` of the tiny VQGAN on the images for `steps` steps, its config beside `out`."""
+    raw = {"data": [str(images)], "output_dir": str(out), "model": "tiny", "batch_size": 2, "frames_per_clip": 1,
+           "log_every": 1, "save_every": 2, "eval_frames": 2}
+    config = write_config(raw, out.parent / f"{out.name}.yaml")
+    return ["tokenizer", "train", str(config), f"max_steps={steps}", *extra]
 
 
 def logged_steps(out) -> list[dict]:
@@ -139,7 +142,7 @@ def logged_steps(out) -> list[dict]:
 
 
 def test_training_adds_the_perceptual_term_and_resumes(images, weights_file, tmp_path, capsys):
-    with_perceptual = ["--perceptual-weights", str(weights_file), "--perceptual-weight", "0.1"]
+    with_perceptual = [f"perceptual_weights={weights_file}", "perceptual_weight=0.1"]
     assert lwm_main(train_command(images, tmp_path / "plain", 1)) == 0
     assert lwm_main(train_command(images, tmp_path / "run", 2, *with_perceptual)) == 0
     logged = logged_steps(tmp_path / "run")
@@ -160,8 +163,8 @@ def test_training_adds_the_perceptual_term_and_resumes(images, weights_file, tmp
 
 
 def test_cli_refuses_a_perceptual_weight_without_weights(images, weights_file, tmp_path, capsys):
-    assert lwm_main(train_command(images, tmp_path / "out", 1, "--perceptual-weight", "0.1")) == 1
-    assert "--perceptual-weight > 0 needs --perceptual-weights PATH" in capsys.readouterr().err
-    assert lwm_main(train_command(images, tmp_path / "out", 1, "--perceptual-weights", str(weights_file))) == 1
-    assert "--perceptual-weight is 0" in capsys.readouterr().err
+    assert lwm_main(train_command(images, tmp_path / "out", 1, "perceptual_weight=0.1")) == 1
+    assert "perceptual_weight > 0 needs perceptual_weights=PATH" in capsys.readouterr().err
+    assert lwm_main(train_command(images, tmp_path / "out", 1, f"perceptual_weights={weights_file}")) == 1
+    assert "perceptual_weight is 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before anything was written
