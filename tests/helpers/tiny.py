@@ -1,8 +1,10 @@
-"""A tiny random LWM model folder (decoder, VQGAN, SentencePiece tokenizer), built once per session.
+"""Tiny random models shared by the tests (registered by tests/conftest.py).
 
-Everything is random: the tests check plumbing, shapes, limits and protocols, never what the
-model says. Frames are 8x8 pixels = 4x4 = 16 codes (17 tokens with the delimiter), the codebook
-has 64 entries and the context 1024 tokens, so drawing a frame takes a fraction of a second.
+`tiny_model_dir` is a whole LWM folder (decoder, VQGAN, SentencePiece tokenizer), built once per
+session; tests read it and never write into it. Everything is random: the tests check plumbing,
+shapes, limits and protocols, never what the model says. Frames are 8x8 pixels = 4x4 = 16 codes (17
+tokens with the delimiter), the codebook has 64 entries and the context 1024 tokens, so drawing a
+frame takes a fraction of a second. `tiny_lm` is a bare decoder of the "tiny" preset, seeded.
 """
 
 from __future__ import annotations
@@ -20,13 +22,18 @@ CONTEXT = 1024
 RESOLUTION = 8
 
 
+def tiny_lm(attn_implementation: str | None = None, seed: int = 0, **overrides):
+    """A random decoder of the "tiny" preset in eval mode, the same for the same seed and settings."""
+    from lwm.model import LWMConfig, LWMForCausalLM
+
+    torch.manual_seed(seed)
+    return LWMForCausalLM(LWMConfig.from_preset("tiny", attn_implementation=attn_implementation, **overrides)).eval()
+
+
 def build_tiny_model_dir(directory: Path) -> Path:
     from lwm.api import LWM
     from lwm.model import LWMConfig, LWMForCausalLM
-    from lwm.tokenizers.configuration_vqgan import VQGANConfig
-    from lwm.tokenizers.modeling_vqgan import VQGAN
-    from lwm.tokenizers.processing_lwm import LWMProcessor
-    from lwm.tokenizers.text import train_text_tokenizer
+    from lwm.tokenizers import VQGAN, LWMProcessor, VQGANConfig, train_text_tokenizer
 
     rng = random.Random(0)
     words = "the a red blue ball cube moves left right video image describe what is it of an and".split()
