@@ -12,7 +12,8 @@
 A model folder holds the decoder (`config.json`, `model.safetensors`) and its processor (text
 tokenizer, `processor_config.json`, `vqgan/`), as `LWM.save_pretrained` writes it. Media may be a
 path, bytes, a uint8 array (`[H, W, 3]` image, `[T, H, W, 3]` video), a PIL image or a `Video`.
-Text is greedy by default (temperature 0); drawing uses LWM's guided sampling settings.
+Text is greedy by default (temperature 0); drawing uses the model's settings (its drawing_config.json),
+else LWM's guided sampling.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Literal, Union
 
@@ -30,13 +32,12 @@ import torch
 from PIL import Image
 
 from lwm import media
-from lwm.generation import vision
-from lwm.generation.logits_process import TextOnlyLogitsProcessor
-from lwm.generation.sampling import SamplingConfig, iter_tokens
-from lwm.tokenizers.processing_lwm import CAPTION_REQUESTS, CONTINUATION_REQUEST, LWMProcessor
+from lwm.generation import SamplingConfig, TextOnlyLogitsProcessor, iter_tokens, vision
+from lwm.tokenizers import CAPTION_REQUESTS, CONTINUATION_REQUEST, LWMProcessor
 
 BUNDLED = "bundled"
-BUNDLED_DIR = Path(__file__).resolve().parents[1] / "bundled"
+# Package data, found through the installed package: a wheel ships the bundled model.
+BUNDLED_DIR = Path(str(resources.files("lwm") / BUNDLED))
 DEFAULT_FPS = 8.0
 DEFAULT_MAX_FRAMES = 8  # frames read from an input video when the model folder does not say (LWM's chat: 8)
 DEFAULT_MAX_NEW_TOKENS = 512
@@ -175,12 +176,18 @@ class LWM:
                 f"the model's code grid is {config.vision_grid_size} x {config.vision_grid_size}, but the processor's "
                 f"frames have {processor.codes_per_frame} codes"
             )
+        if max_frames is not None or processor.config.max_frames is None:
+            # The one place the number of frames is decided: the processor samples them from every video.
+            frames = DEFAULT_MAX_FRAMES if max_frames is None else max_frames
+            processor = LWMProcessor(processor.tokenizer, processor.vqgan, processor.config, max_frames=frames)
         self.model = model.eval()
         self.processor = processor
-        self.max_frames = max_frames or processor.config.max_frames or DEFAULT_MAX_FRAMES
-        if self.max_frames < 1:
-            raise ValueError(f"max_frames must be at least 1, got {self.max_frames}")
         self.drawing = drawing or vision.DrawingConfig()
+
+    @property
+    def max_frames(self) -> int:
+        """Frames read from an input video, spread uniformly over it (the processor's setting)."""
+        return self.processor.config.max_frames
 
     # ------------------------------------------------------------------ loading and saving
 
@@ -200,7 +207,8 @@ class LWM:
 
         dtype (or its transformers alias torch_dtype): of the decoder ("float32", "bfloat16",
             "float16" or a torch dtype); the VQGAN stays float32.
-        max_frames: frames read from an input video (spread uniformly over it).
+        max_frames: frames read from an input video (spread uniformly over it); default: the
+            folder's processor_config.json, else 8.
         device_map, max_memory, offload_folder: accelerate's big-model placement, for decoders
             larger than one device: e.g. device_map="auto" spreads layers over GPU, CPU and disk.
             `device` then only places the VQGAN and the inputs.

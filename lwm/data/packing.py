@@ -48,7 +48,8 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100
+from lwm.model.targets import IGNORE_INDEX
+
 PAD_ID = 0
 Overlong = Literal["truncate", "drop"]
 

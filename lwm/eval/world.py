@@ -32,11 +32,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from lwm import media
-from lwm.data import judge, world
+from lwm import media, world
 from lwm.eval.reconstruction import evaluate_reconstruction
-from lwm.generation.logits_process import FrameLayout
-from lwm.tokenizers.processing_lwm import CAPTION_REQUESTS
+from lwm.generation import FrameLayout
+from lwm.tokenizers import CAPTION_REQUESTS
+from lwm.world import judge
 
 WORLD_TASKS: tuple[str, ...] = ("video_qa", "conversation", "caption", "text_to_image", "text_to_video", "continuation",
                                 "tokenizer")

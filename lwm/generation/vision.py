@@ -6,8 +6,8 @@ structure constraint, and returns code grids `[frames, h, w]` (`[batch, frames, 
 of prompts) ready for `VQGAN.decode`. A frame is `h * w` codes then a delimiter: `<eof>` between
 frames, `<eov>` after the last.
 
-LWM's settings (docs/official-weights.md): images use guidance s = 5, top-k 8192, temperature 1; video
-frames after the first use s = 1 (no guidance) and top-k 1000. LWM draws a video's first frame from the
+LWM's settings (docs/architecture.md#drawing): images use guidance s = 5, top-k 8192, temperature 1; video frames
+after the first use s = 1 (no guidance) and top-k 1000. LWM draws a video's first frame from the
 *image* prompt, then appends it to the video prompt and to the unconditional prompt and draws the
 rest; `generate_video` does that given `image_prompt_ids`, and otherwise draws every frame in one
 pass over the video prompt (first frame with the image settings, on the same cache).

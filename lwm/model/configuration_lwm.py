@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
+from lwm.presets import preset_names, read_preset
 
 
 @strict  # as LlamaConfig: runs validate_architecture (and checks field types) when a config is made
@@ -21,9 +18,9 @@ class LWMConfig(LlamaConfig):
     (LWM: 8448). `vision_grid_size` G > 0 tells the model that frames are G × G codes (LWM: 0, it
     does not know), which gives each code a row and a column: `vision_grid_embedding` adds a learned
     vector for each to the code's embedding, and `vision_rope_3d` rotates queries and keys by them as
-    well as by the position in the sequence (`lwm.model.modeling_lwm.rotary_axes`). The attention backend is `attn_implementation`:
-    "sdpa", "blockwise", "ring" or "flash_attention_2"; `attn_q_chunk`/`attn_kv_chunk` size the
-    blocks of blockwise and ring.
+    well as by the position in the sequence (`lwm.model.modeling_lwm.rotary_axes`). The attention
+    backend is `attn_implementation`: "sdpa", "blockwise", "ring" or "flash_attention_2";
+    `attn_q_chunk`/`attn_kv_chunk` size the blocks of blockwise and ring.
     """
 
     model_type = "lwm"
@@ -70,16 +67,10 @@ class LWMConfig(LlamaConfig):
 
     @classmethod
     def preset_names(cls) -> list[str]:
-        return sorted(path.stem for path in PRESETS_DIR.glob("*.json"))
+        return preset_names("models")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "LWMConfig":
-        """A named configuration from configs/models/, e.g. "lwm-7b" or "tiny", or a path to such a JSON
+        """A named configuration from lwm/presets/models/, e.g. "lwm-7b" or "tiny", or a path to such a JSON
         file; keywords override fields."""
-        path = Path(name) if name.endswith(".json") else PRESETS_DIR / f"{name}.json"
-        if not path.is_file():
-            raise ValueError(f"unknown model preset {name!r}; available: {', '.join(cls.preset_names())}")
-        fields = json.loads(path.read_text())
-        fields.pop("_comment", None)
-        fields.update(overrides)
-        return cls(**fields)
+        return cls(**{**read_preset("models", name), **overrides})

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, LlamaModel, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
@@ -28,9 +27,9 @@ from transformers.utils import logging as hf_logging
 
 from lwm.model import attention  # noqa: F401  (registers the "blockwise" and "ring" backends)
 from lwm.model.configuration_lwm import LWMConfig
-from lwm.parallel import active_sequence_parallel
+from lwm.model.targets import modality_weights, next_token_targets
+from lwm.parallel import SequenceParallel
 
-IGNORE_INDEX = -100
 _SEGMENT_BACKENDS = ("blockwise", "ring")
 # transformers 5.24 renamed the KV cache argument and output field `past_key_values` to `cache`;
 # the layers and generate() use whichever name the installed version knows.
@@ -172,6 +171,7 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
         loss_weights: torch.Tensor | None = None,
         loss_denominators: tuple[torch.Tensor, torch.Tensor] | None = None,
         vision_grid_ids: torch.LongTensor | None = None,
+        sequence_parallel: SequenceParallel | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         **kwargs,
@@ -191,6 +191,8 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
         vision_grid_ids: [batch, seq] each code's index in its frame, -1 elsewhere (`vision_grid_ids_of`
             the whole sequence), for a model with `vision_grid_size`; read from input_ids when
             they start the sequence, required when they continue a cache or are a shard of it.
+        sequence_parallel: the sp group that the "ring" backend runs over (`lwm.parallel`); input_ids
+            are then this rank's shard, or with `decoding=True` new tokens on a sharded cache.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -199,7 +201,7 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
             cache = DynamicCache(config=self.config)
         past = cache.get_seq_length() if cache is not None else 0
         if inputs_embeds is None:
-            continues = past > 0 or active_sequence_parallel() is not None
+            continues = past > 0 or sequence_parallel is not None
             vision_grid_ids = self.places_of(input_ids, vision_grid_ids, continues)
             hidden = self.embed(input_ids, vision_grid_ids)
         else:
@@ -209,6 +211,12 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
         if position_ids is None:
             position_ids = _positions(segments, attention_mask, past, seq, hidden.device)
         attention_inputs = self._attention_inputs(segments, attention_mask, position_ids, past, seq, hidden.device)
+        if sequence_parallel is not None:
+            if self.config._attn_implementation != "ring":
+                raise ValueError(
+                    f"sequence_parallel runs on attn_implementation='ring', not {self.config._attn_implementation!r}"
+                )
+            attention_inputs["sequence_parallel"] = sequence_parallel
 
         position_embeddings = self.rotary_embeddings(hidden, position_ids, vision_grid_ids)
         for layer in self.model.layers:
@@ -404,19 +412,12 @@ def dense_mask(segments, past: int, seq: int, device) -> torch.Tensor:
 
 
 def _align_targets(labels, shift_labels, loss_weights, segments, seq):
+    given = labels if shift_labels is None else shift_labels
+    if loss_weights is not None and loss_weights.shape != given.shape:
+        raise ValueError(f"loss_weights {tuple(loss_weights.shape)} must match the labels {tuple(given.shape)}")
     if shift_labels is not None:
-        targets, weights = shift_labels, loss_weights
-    else:
-        # Position t predicts labels[t + 1]; never across a document boundary.
-        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-        if segments is not None:
-            seg = segments[:, -seq:]
-            crosses = F.pad(seg[:, 1:] != seg[:, :-1], (0, 1), value=True)
-            targets = targets.masked_fill(crosses, IGNORE_INDEX)
-        weights = None if loss_weights is None else F.pad(loss_weights[:, 1:], (0, 1), value=0.0)
-    if weights is not None and weights.shape != targets.shape:
-        raise ValueError(f"loss_weights {tuple(weights.shape)} must match the labels {tuple(targets.shape)}")
-    return targets, weights
+        return shift_labels, loss_weights
+    return next_token_targets(labels, None if segments is None else segments[:, -seq:], loss_weights)
 
 
 def lwm_loss(logits, targets, weights, text_vocab: int, denominators=None):
@@ -428,8 +429,6 @@ def lwm_loss(logits, targets, weights, text_vocab: int, denominators=None):
     one batch add up exactly to the loss of the whole batch.
     """
     logits = logits.float()
-    valid = targets != IGNORE_INDEX
-    weights = valid.float() if weights is None else weights.float() * valid
     is_vision = targets >= text_vocab
     # Each position's CE against its target's own half: log-sum-exp of that half minus the target logit.
     target_logits = logits.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
@@ -438,8 +437,7 @@ def lwm_loss(logits, targets, weights, text_vocab: int, denominators=None):
     )
     ce = half_lse - target_logits
     losses = []
-    for index, selected in enumerate((valid & ~is_vision, valid & is_vision)):
-        selected_weights = weights * selected
+    for index, selected_weights in enumerate(modality_weights(targets, weights, text_vocab)):
         numerator = (ce * selected_weights).sum()
         denominator = selected_weights.sum() if denominators is None else denominators[index]
         losses.append(numerator / denominator if float(denominator) > 0 else numerator * 0.0)

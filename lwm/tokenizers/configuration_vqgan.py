@@ -2,7 +2,7 @@
 
 The `"lwm"` preset is the architecture of LWM's released VQGAN (aMUSEd/MaskGIT style: 256x256 frames
 to 16x16 codes from a codebook of 8192 x 64); smaller presets are the same architecture, narrower.
-Presets are JSON files in `configs/vqgan/`.
+Presets are JSON files in `lwm/presets/vqgan/`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "vqgan"
+from lwm.presets import preset_names, read_preset
+
 QUANTIZERS = ("vq", "fsq", "lfq")
 
 
@@ -120,14 +121,10 @@ class VQGANConfig:
         return cls.from_dict(values)
 
     @classmethod
+    def preset_names(cls) -> list[str]:
+        return preset_names("vqgan")
+
+    @classmethod
     def from_preset(cls, name: str, **overrides) -> "VQGANConfig":
-        """A named preset from `configs/vqgan/` (e.g. "lwm", "tiny", "world"), or a path to a JSON file."""
-        path = Path(name) if name.endswith(".json") else PRESET_DIR / f"{name}.json"
-        if not path.is_file():
-            available = sorted(p.stem for p in PRESET_DIR.glob("*.json"))
-            raise ValueError(f"unknown VQGAN preset {name!r}; available: {available}")
-        return cls.from_dict({**json.loads(path.read_text()), **overrides})
-
-
-def available_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+        """A named preset from `lwm/presets/vqgan/` (e.g. "lwm", "tiny", "world"), or a path to a JSON file."""
+        return cls.from_dict({**read_preset("vqgan", name), **overrides})

@@ -33,7 +33,7 @@ HIDDEN, MULT, BLOCKS, Z, CODES, EMBED = 32, (1, 2, 3), 2, 8, 32, 8
 
 
 def flax_tree(seed: int = 0) -> dict:
-    """Random parameters under the Flax names and HWIO layouts of spec §4.3, built from its tables."""
+    """Random parameters under the Flax names and HWIO layouts of LWM's VQGAN (docs/official-weights.md#the-vqgan)."""
     rng = np.random.default_rng(seed)
 
     def conv(k, c_in, c_out, gain=1.0):

@@ -112,7 +112,8 @@ def run_alone(model, ids, mask):
 
 def run_packed(model, batch, **kwargs):
     with torch.no_grad():
-        return model(**{key: batch[key] for key in ("input_ids", "labels", "loss_weights", "position_ids", "segment_ids")}, **kwargs)
+        inputs = {key: batch[key] for key in ("input_ids", "labels", "loss_weights", "position_ids", "segment_ids")}
+        return model(**inputs, **kwargs)
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "blockwise"])

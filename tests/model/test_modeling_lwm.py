@@ -7,13 +7,9 @@ from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicCache
 
-from lwm.model import LWMConfig, LWMForCausalLM, lwm_loss
-from lwm.model.modeling_lwm import rotary_axes, vision_grid_ids_of
-
-
-def tiny_model(backend="sdpa", seed=0, **overrides):
-    torch.manual_seed(seed)
-    return LWMForCausalLM(LWMConfig.from_preset("tiny", attn_implementation=backend, **overrides)).eval()
+from lwm.model import LWMConfig, LWMForCausalLM, lwm_loss, vision_grid_ids_of
+from lwm.model.modeling_lwm import rotary_axes
+from tests.helpers.tiny import tiny_lm
 
 
 def multimodal_ids(config, batch=2, length=48, seed=0):
@@ -28,7 +24,7 @@ def multimodal_ids(config, batch=2, length=48, seed=0):
 
 def grid_model(backend="sdpa", rope_3d=False):
     """A tiny model with a 4 x 4 code grid whose row and column vectors are not zero."""
-    model = tiny_model(backend, vision_grid_size=4, vision_rope_3d=rope_3d)
+    model = tiny_lm(backend, vision_grid_size=4, vision_rope_3d=rope_3d)
     with torch.no_grad():
         model.vision_grid.rows.normal_()
         model.vision_grid.columns.normal_()
@@ -52,7 +48,7 @@ def test_presets_and_validation():
 
 
 def test_logits_are_text_then_vision_and_tables_are_separate():
-    model = tiny_model()
+    model = tiny_lm("sdpa")
     config = model.config
     ids = multimodal_ids(config)
     logits = model(ids).logits
@@ -67,13 +63,13 @@ def test_logits_are_text_then_vision_and_tables_are_separate():
 
 
 def test_out_of_range_ids_are_a_clear_error():
-    model = tiny_model()
+    model = tiny_lm("sdpa")
     with pytest.raises(ValueError, match="token ids must lie in"):
         model(torch.tensor([[model.config.total_vocab_size]]))
 
 
 def test_loss_is_half_text_plus_half_vision_over_own_positions():
-    model = tiny_model()
+    model = tiny_lm("sdpa")
     config = model.config
     ids = multimodal_ids(config)
     out = model(ids, labels=ids)
@@ -99,7 +95,7 @@ def test_loss_weights_weigh_each_target():
 @pytest.mark.parametrize("backend", ["blockwise", "eager"])
 def test_backends_agree_with_sdpa(backend):
     ids = multimodal_ids(LWMConfig.from_preset("tiny"))
-    reference, other = tiny_model("sdpa"), tiny_model(backend)
+    reference, other = tiny_lm("sdpa"), tiny_lm(backend)
     segments = torch.tensor([[1] * 20 + [2] * 28, [1] * 48])
     for kwargs in ({}, {"segment_ids": segments}):
         want, got = reference(ids, labels=ids, **kwargs), other(ids, labels=ids, **kwargs)
@@ -109,7 +105,7 @@ def test_backends_agree_with_sdpa(backend):
 
 @pytest.mark.parametrize("backend", ["sdpa", "blockwise"])
 def test_packed_row_equals_documents_run_separately(backend):
-    model = tiny_model(backend)
+    model = tiny_lm(backend)
     config = model.config
     first, second = multimodal_ids(config, 1, 20, seed=1), multimodal_ids(config, 1, 28, seed=2)
     packed = torch.cat([first, second], dim=1)
@@ -120,7 +116,7 @@ def test_packed_row_equals_documents_run_separately(backend):
 
 
 def test_no_position_attends_across_a_document_boundary():
-    model = tiny_model("blockwise")
+    model = tiny_lm("blockwise")
     ids = multimodal_ids(model.config, 1, 40)
     segments = torch.tensor([[1] * 15 + [2] * 25])
     base = model(ids, segment_ids=segments).logits
@@ -131,7 +127,7 @@ def test_no_position_attends_across_a_document_boundary():
 
 
 def test_greedy_generate_with_cache_equals_recomputation():
-    model = tiny_model("blockwise")
+    model = tiny_lm("blockwise")
     prompt = multimodal_ids(model.config, 2, 12)
     generated = model.generate(prompt, max_new_tokens=10, do_sample=False, use_cache=True, pad_token_id=0)
     ids = prompt
@@ -143,7 +139,7 @@ def test_greedy_generate_with_cache_equals_recomputation():
 
 @pytest.mark.parametrize("name", ["cache", "past_key_values"])  # the names after and before transformers 5.24
 def test_a_cache_passed_under_either_name_continues_the_sequence(name):
-    model = tiny_model("sdpa")
+    model = tiny_lm("sdpa")
     ids = multimodal_ids(model.config, 1, 9)
     cache = DynamicCache(config=model.config)
     model(ids[:, :8], use_cache=True, **{name: cache})
@@ -153,7 +149,7 @@ def test_a_cache_passed_under_either_name_continues_the_sequence(name):
 
 
 def test_left_padded_generation_matches_unpadded():
-    model = tiny_model("sdpa")
+    model = tiny_lm("sdpa")
     prompt = multimodal_ids(model.config, 1, 10)
     padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), prompt], dim=1)
     mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 10, dtype=torch.long)], dim=1)
@@ -191,7 +187,7 @@ def test_the_grid_adds_each_codes_row_and_column_vector_and_leaves_text_alone():
 
 
 def test_a_grid_added_to_a_trained_model_changes_nothing_until_trained(tmp_path):
-    model = tiny_model()
+    model = tiny_lm("sdpa")
     model.save_pretrained(tmp_path)
     grown = LWMForCausalLM.from_pretrained(tmp_path, vision_grid_size=4, attn_implementation="sdpa").eval()
     ids = multimodal_ids(model.config)
@@ -232,7 +228,7 @@ def test_generate_feeds_a_grid_model_its_grid_ids(rope_3d):
 
 
 def test_save_and_load_round_trip_is_exact(tmp_path):
-    model = tiny_model("blockwise")
+    model = tiny_lm("blockwise")
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "lwm"
@@ -269,8 +265,8 @@ def test_flash_attention_2_agrees_with_sdpa_on_gpu():
     # transformers' flash path recognises packing from restarting position_ids in a batch of one row.
     ids = multimodal_ids(LWMConfig.from_preset("tiny"), batch=1).cuda()
     segments = torch.tensor([[1] * 20 + [2] * 28]).cuda()
-    reference = tiny_model("sdpa").cuda().to(torch.bfloat16)
-    flash = tiny_model("flash_attention_2").cuda().to(torch.bfloat16)
+    reference = tiny_lm("sdpa").cuda().to(torch.bfloat16)
+    flash = tiny_lm("flash_attention_2").cuda().to(torch.bfloat16)
     for kwargs in ({}, {"segment_ids": segments}):
         want, got = reference(ids, **kwargs).logits.float(), flash(ids, **kwargs).logits.float()
         torch.testing.assert_close(got, want, atol=3e-2, rtol=0)
@@ -287,7 +283,7 @@ def test_rotary_axes_give_codes_their_row_and_column_and_text_its_position():
 
 
 def test_rope_3d_leaves_text_as_1d_rope_and_turns_codes_by_their_place():
-    flat, rotated = tiny_model(vision_grid_size=4), tiny_model(vision_grid_size=4, vision_rope_3d=True)
+    flat, rotated = tiny_lm(vision_grid_size=4), tiny_lm(vision_grid_size=4, vision_rope_3d=True)
     rotated.load_state_dict(flat.state_dict())
     text = torch.randint(3, flat.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(rotated(text).logits, flat(text).logits, rtol=0, atol=0)

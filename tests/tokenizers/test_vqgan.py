@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from lwm.tokenizers.configuration_vqgan import VQGANConfig, available_presets
+from lwm.tokenizers.configuration_vqgan import VQGANConfig
 from lwm.tokenizers.modeling_vqgan import VQGAN
 
 
@@ -23,7 +23,7 @@ def pixels(batch=3, size=32, seed=0):
 
 
 def test_presets():
-    assert {"lwm", "tiny", "world"} <= set(available_presets())
+    assert {"lwm", "tiny", "world"} <= set(VQGANConfig.preset_names())
     lwm = VQGANConfig.from_preset("lwm")
     assert (lwm.resolution, lwm.grid_size, lwm.codes_per_frame, lwm.codebook_size) == (256, 16, 256, 8192)
     assert lwm.level_channels == (128, 256, 256, 512, 768)

@@ -7,15 +7,21 @@ from lwm.data.loader import PackedLoader, TokenizedDataset
 from lwm.generation.sampling import GREEDY
 from lwm.generation.vision import DRAWING_CONFIG_NAME, DrawingConfig
 from lwm.model import LWMConfig, LWMForCausalLM
-from lwm.training.checkpoint import latest_tag
 from lwm.tokenizers.configuration_vqgan import VQGANConfig
 from lwm.tokenizers.modeling_vqgan import VQGAN
 from lwm.tokenizers.processing_lwm import LWMProcessor
 from lwm.tokenizers.text import train_text_tokenizer
+from lwm.training.checkpoint import latest_tag
 from tests.helpers.distributed import run_distributed
 from tests.training.random_tokens import write_random_tokens
 from tests.training.runs import (
-    export_in_process, final_weights, losses, metrics, tiny_config, to_config, train_in_processes,
+    export_in_process,
+    final_weights,
+    losses,
+    metrics,
+    tiny_config,
+    to_config,
+    train_in_processes,
 )
 
 
@@ -56,7 +62,8 @@ def test_two_stages_change_length_and_theta_and_stage_two_starts_from_stage_one(
     # Stage 2's first loss is that of stage 1's final weights, with θ = 1e6, on stage 2's first 64-token rows.
     batch = next(PackedLoader(TokenizedDataset(data_dir), 64, 1, seed=0))
     with torch.no_grad():
-        loss_old_theta = LWMForCausalLM.from_pretrained(tmp_path / "pretrained" / "stage0", dtype=torch.float32)(**batch).loss.item()
+        stage0 = LWMForCausalLM.from_pretrained(tmp_path / "pretrained" / "stage0", dtype=torch.float32)
+        loss_old_theta = stage0(**batch).loss.item()
         first.rope_parameters["rope_theta"] = 1.0e6
         model = LWMForCausalLM.from_pretrained(tmp_path / "pretrained" / "stage0", config=first, dtype=torch.float32)
         loss_new_theta = model(**batch).loss.item()
