@@ -96,6 +96,23 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
             self.vision_grid = VisionGridEmbedding(config.vision_grid_size, config.hidden_size)
         self.post_init()
 
+    @torch.no_grad()
+    def init_codes_from(self, vectors: torch.Tensor, seed: int = 0) -> None:
+        """Start the codes' rows of the vision table and head from the tokenizer's code vectors
+        `[num_vision_codes, D]` (VQGAN.code_vectors): standardised, mapped into the hidden size by a
+        fixed random orthogonal projection and scaled to the initial weights' spread, so that codes
+        that draw alike start alike instead of as unrelated random rows."""
+        codes, hidden = self.config.num_vision_codes, self.config.hidden_size
+        if vectors.shape[0] != codes or vectors.shape[1] > hidden:
+            raise ValueError(f"expected {codes} code vectors of at most {hidden} dims, got {tuple(vectors.shape)}")
+        standardised = (vectors - vectors.mean(0)) / vectors.std(0).clamp(min=1e-6)
+        generator = torch.Generator().manual_seed(seed)
+        projection, _ = torch.linalg.qr(torch.randn(hidden, vectors.shape[1], generator=generator))
+        rows = standardised.float().cpu() @ projection.T
+        rows *= self.config.initializer_range / rows.std()
+        for table in (self.vision_embed_tokens.weight, self.vision_head.weight):
+            table[:codes] = rows.to(table.dtype).to(table.device)
+
     def get_input_embeddings(self):
         return self.model.embed_tokens
 

@@ -267,6 +267,11 @@ class VQGAN(nn.Module):
     def codes_per_frame(self) -> int:
         return self.config.codes_per_frame
 
+    def code_vectors(self) -> torch.Tensor:
+        """`[codebook_size, embed_dim]`: the latent each code stands for (what the decoder draws it from)."""
+        codes = torch.arange(self.codebook_size, device=self.quant_conv.weight.device)[None, :, None]
+        return self.quantize.lookup(codes)[0, :, :, 0].T.detach()
+
     @property
     def temporal_compression(self) -> int:
         return self.config.temporal_compression

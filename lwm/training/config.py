@@ -44,6 +44,9 @@ class ModelConfig:
     vision_grid_size: int | None = None
     vision_grid_embedding: bool | None = None
     vision_rope_3d: bool | None = None
+    # A model made from a preset starts its codes' rows of the vision table and head from the VQGAN's code
+    # vectors (processor.vqgan; LWMForCausalLM.init_codes_from) instead of at random.
+    init_codes_from_vqgan: bool = False
     # Glob patterns over parameter names; parameters matching none of them are frozen.
     trainable: list[str] = field(default_factory=lambda: ["*"])
 
@@ -307,6 +310,8 @@ def validate(config: TrainConfig) -> None:
         (bool(config.model.trainable), "model.trainable must list at least one name pattern"),
         ((config.processor.tokenizer is None) == (config.processor.vqgan is None),
          "processor.tokenizer and processor.vqgan go together: set both (exports hold the processor) or neither"),
+        (not config.model.init_codes_from_vqgan or config.processor.vqgan is not None,
+         "model.init_codes_from_vqgan needs processor.vqgan, the VQGAN whose code vectors start the codes"),
     ]
     for ok, message in checks:
         if not ok:

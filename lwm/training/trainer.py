@@ -111,6 +111,10 @@ def build_model(config: TrainConfig, stage: StageConfig, mesh: Mesh, start_from:
         model = LWMForCausalLM(
             LWMConfig.from_preset(source, rope_theta=stage.rope_theta, attn_implementation=attention, **grid)
         )
+        if config.model.init_codes_from_vqgan:
+            from lwm.tokenizers import VQGAN
+
+            model.init_codes_from(VQGAN.from_pretrained(config.processor.vqgan).code_vectors(), seed=config.seed)
     else:
         raise ConfigError(
             f"model.name_or_path={source!r} is neither a preset ({', '.join(LWMConfig.preset_names())}), "

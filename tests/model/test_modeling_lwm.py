@@ -297,3 +297,23 @@ def test_rope_3d_leaves_text_as_1d_rope_and_turns_codes_by_their_place():
 def test_rope_3d_needs_the_grid():
     with pytest.raises(StrictDataclassClassValidationError, match="vision_rope_3d needs vision_grid_size"):
         LWMConfig.from_preset("tiny", vision_rope_3d=True)
+
+
+def test_codes_can_start_from_the_tokenizers_code_vectors():
+    model = tiny_lm()
+    codes, hidden = model.config.num_vision_codes, model.config.hidden_size
+    vectors = torch.randn(codes, 8, generator=torch.Generator().manual_seed(0))
+    vectors[1] = vectors[0] + 0.01  # two codes that draw nearly alike
+    untouched = model.vision_embed_tokens.weight[codes:].clone()
+    model.init_codes_from(vectors)
+    for table in (model.vision_embed_tokens.weight, model.vision_head.weight):
+        rows = table[:codes]
+        # an orthogonal map of the standardised vectors: their inner products, scaled, are kept
+        standardised = (vectors - vectors.mean(0)) / vectors.std(0)
+        gram = standardised @ standardised.T
+        torch.testing.assert_close(rows @ rows.T / (rows @ rows.T).trace(), gram / gram.trace(), atol=1e-5, rtol=1e-4)
+        assert rows.std().item() == pytest.approx(model.config.initializer_range, rel=1e-4)
+        assert torch.nn.functional.cosine_similarity(rows[0], rows[1], dim=0) > 0.99
+    assert torch.equal(model.vision_embed_tokens.weight[codes:], untouched)  # <eof>, <eov> and padding rows
+    with pytest.raises(ValueError, match="expected 256 code vectors"):
+        model.init_codes_from(torch.randn(10, 8))

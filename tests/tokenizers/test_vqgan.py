@@ -201,3 +201,13 @@ def test_a_local_temporal_vqgan_keeps_the_codes_of_patches_still_over_a_group():
     moved[3, 3:5] = True
     assert torch.allclose(z[0][:, ~moved], z[2][:, ~moved], atol=1e-6)
     assert not torch.allclose(z[1][:, 3, 4], z[2][:, 3, 4], atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"quantizer": "fsq", "fsq_levels": (8, 8), "codebook_size": 64, "embed_dim": 2}])
+def test_code_vectors_are_what_each_code_decodes_from(overrides):
+    torch.manual_seed(0)
+    model = VQGAN(VQGANConfig.from_preset("tiny", kmeans_init=False, **overrides)).eval()
+    vectors = model.code_vectors()
+    assert vectors.shape == (model.codebook_size, model.config.embed_dim)
+    codes = torch.randint(0, model.codebook_size, (2, 16, 16), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model.quantize.lookup(codes), vectors[codes].permute(0, 3, 1, 2))

@@ -39,6 +39,8 @@ def test_config_overrides_are_typed_and_unknown_keys_are_named(path):
         load_config(path, ["parallel.sp_size=3"])
     with pytest.raises(ConfigError, match="key=value"):
         load_config(path, ["optimizer.lr"])
+    with pytest.raises(ConfigError, match="model.init_codes_from_vqgan needs processor.vqgan"):
+        load_config(path, ["model.init_codes_from_vqgan=true"])
 
 
 def test_shipped_configs_load_and_lwm_stages_follow_the_paper():
