@@ -59,6 +59,10 @@ VQGAN_FOLDER = "vqgan"
 GenerationMode = Literal["text", "vision"]
 
 
+class InvalidTextError(ValueError):
+    """Text that is not Unicode (it holds a lone surrogate), so it has no tokens."""
+
+
 class SequenceTooLongError(ValueError):
     """An example does not fit in the processor's `max_length` (both are attributes, for API errors)."""
 
@@ -236,7 +240,18 @@ class LWMProcessor:
         return ids
 
     def encode_text(self, text: str) -> list[int]:
-        """Text -> ids, no BOS/EOS; spellings of special tokens stay text."""
+        """Text -> ids, no BOS/EOS; spellings of special tokens stay text.
+
+        Text that is not Unicode (a lone surrogate: JSON's "\\ud800", or bytes that were not UTF-8 read
+        with surrogateescape) raises `InvalidTextError`; the tokenizer would raise a TypeError.
+        """
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InvalidTextError(
+                f"the text is not valid Unicode: it holds a lone surrogate, {ascii(text[error.start])} "
+                "(bytes that are not UTF-8 become these)"
+            ) from None
         return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
 
     def _finish(self, chunks: list[_Chunk]) -> dict[str, torch.Tensor]:
