@@ -100,7 +100,10 @@ def test_sniffing(tmp_path, mp4):
     Image.fromarray(gradient_clip(1)[0]).save(buffer, format="JPEG")
     assert media.sniff_media_type(buffer.getvalue()) == "image"
     assert media.sniff_media_type(b"hello world, not media") is None
-    assert media.sniff_media_type(tmp_path / "missing.mp4") is None
+    with pytest.raises(MediaError, match="file not found"):
+        media.sniff_media_type(tmp_path / "missing.mp4")
+    with pytest.raises(MediaError, match="file is empty"):
+        media.sniff_media_type(b"")
 
 
 # ----------------------------------------------------------------------------- bad inputs

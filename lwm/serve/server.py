@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lwm import media
 from lwm.api import LWM, ContextLengthError
 from lwm.serve.media_fetch import MediaFetchError, MediaPolicy, fetch_media
-from lwm.tokenizers.processing_lwm import SequenceTooLongError
+from lwm.tokenizers.processing_lwm import InvalidTextError, SequenceTooLongError
 
 logger = logging.getLogger("lwm.serve")
 
@@ -58,6 +58,7 @@ class ServerConfig:
     max_output_frames: int = 16  # frames a video generation may ask for
     max_pixels: int = 1 << 26  # decoded pixels per media item
     max_demuxed_frames: int = 20_000  # frames a video may hold before it is refused, undecoded
+    max_decode_seconds: float = 30.0  # decoding one video stops here
     max_images: int = 4  # n of an image generation
     max_queue: int = 64  # requests waiting for the model
 
@@ -414,9 +415,10 @@ async def _media_part(part: dict, kind: str, where: str, config: ServerConfig) -
         frames = await asyncio.to_thread(_decode_media, data, kind, config)
     except media.MediaError as error:
         logger.info("refused the %s of %s: %s", kind, where, error)
-        if "limit" in str(error):
+        if isinstance(error, media.MediaLimitError):
             raise APIError(400, f"{where}: the {kind} is larger than this server's limits ({config.max_pixels} "
-                                f"decoded pixels, {config.max_demuxed_frames} frames)", code="invalid_media",
+                                f"decoded pixels, {config.max_demuxed_frames} frames, "
+                                f"{config.max_decode_seconds:g} s of decoding)", code="invalid_media",
                            param=where) from None
         raise APIError(400, f"{where}: the {kind} could not be decoded (corrupt, truncated or unsupported)",
                        code="invalid_media", param=where) from None
@@ -427,7 +429,7 @@ def _decode_media(data: bytes, kind: str, config: ServerConfig):
     if kind == "image":
         return media.load_image(data, pixel_limit=config.max_pixels)
     return media.load_video(data, max_frames=config.max_input_frames, frame_limit=config.max_demuxed_frames,
-                            pixel_limit=config.max_pixels)
+                            pixel_limit=config.max_pixels, time_limit=config.max_decode_seconds)
 
 
 def _answer_options(body: ChatCompletionRequest) -> dict:
@@ -483,6 +485,9 @@ def _client_error(error: Exception) -> APIError:
         return error
     if isinstance(error, ContextLengthError):
         return APIError(400, str(error), code="context_length_exceeded", param="messages")
+    if isinstance(error, InvalidTextError):
+        return APIError(400, "the text is not valid Unicode: it holds a lone surrogate (such as \\ud800); send UTF-8 "
+                             "text", code="invalid_text")
     if isinstance(error, SequenceTooLongError):
         return APIError(400, "the request does not fit in the model's context", code="context_length_exceeded",
                         param="messages")

@@ -314,7 +314,7 @@ class LWMProcessor:
         try:
             return self.encode_media(part)
         except media.MediaError as error:
-            raise media.MediaError(f"message {message_index}, {part['type']} part: {error}") from None
+            raise type(error)(f"message {message_index}, {part['type']} part: {error.source}", error.problem) from None
         except ValueError as error:
             raise ValueError(f"message {message_index}, {part['type']} part: {error}") from None
 
