@@ -1,13 +1,14 @@
 """Reading and writing images and videos, frame sampling, and preprocessing for the VQGAN.
 
-Frames are always `uint8[T, H, W, 3]` RGB arrays (an image is `uint8[H, W, 3]`). Decoding uses PyAV
-(FFmpeg) for videos and Pillow for images (a still image read as a video too). Every failure a user
-can cause (a missing, empty, corrupt, truncated, audio-only, unsupported or oversized file, a FIFO or
-a device) raises `MediaError` naming the source and the problem in words written here, never a
-decoder's message. Everything is read through one path: a source is opened without blocking and
-checked to be a regular file, then the sizes the file declares (pixels per frame, frames, the
-container's own length) are checked before anything is decoded, and decoding a video stops at a
-time limit.
+Frames are always `uint8[T, H, W, 3]` RGB arrays (an image is `uint8[H, W, 3]`), upright as they are
+shown: a video's display matrix (phones record portrait video as rotated landscape) and an image's
+EXIF orientation are applied. Decoding uses PyAV (FFmpeg) for videos and Pillow for images (a still
+image read as a video too). Every failure a user can cause (a missing, empty, corrupt, truncated,
+audio-only, unsupported or oversized file, a FIFO or a device) raises `MediaError` naming the source
+and the problem in words written here, never a decoder's message. Everything is read through one
+path: a source is opened without blocking and checked to be a regular file, then the sizes the file
+declares (pixels per frame, frames, the container's own length) are checked before anything is
+decoded, and decoding a video stops at a time limit.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import math
 import os
 import stat
 import time
@@ -26,7 +28,8 @@ from typing import BinaryIO, Iterator, Literal, Sequence, Union
 import av
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from av.sidedata.sidedata import Type as SideDataType
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MediaSource = Union[str, os.PathLike, bytes, np.ndarray, Image.Image, Sequence[Image.Image]]
 
@@ -179,8 +182,8 @@ def _sniff(readable: BinaryIO, name: str) -> Literal["image", "video"] | None:
 
 
 def load_image(src: MediaSource, *, pixel_limit: int = DEFAULT_PIXEL_LIMIT) -> np.ndarray:
-    """Load one image as `uint8[H, W, 3]` RGB (the first frame of an animated GIF). An image of more
-    than `pixel_limit` pixels is refused from its header, undecoded."""
+    """Load one image as `uint8[H, W, 3]` RGB, upright by its EXIF orientation (the first frame of an
+    animated GIF). An image of more than `pixel_limit` pixels is refused from its header, undecoded."""
     name = describe(src)
     if isinstance(src, np.ndarray):
         return _checked_frames(src, name, single=True)
@@ -195,7 +198,7 @@ def _decode_image(readable: BinaryIO, name: str, pixel_limit: int) -> np.ndarray
         width, height = image.size
         if width * height > pixel_limit:
             raise MediaLimitError(name, f"an image of {width}x{height} exceeds the pixel limit {pixel_limit}")
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
 
 
 @contextlib.contextmanager
@@ -502,12 +505,31 @@ def _decode_selected(container, stream, wanted: np.ndarray, name: str, limits: _
     for index, frame in enumerate(container.decode(stream)):
         limits.check_time(name)
         if index in needed:
-            kept[index] = frame.to_ndarray(format="rgb24")
+            kept[index] = _upright(frame)
         if index >= last_wanted:
             break
     if index < last_wanted:
         raise MediaError(name, f"truncated or corrupt: decoded {index + 1} frames, expected at least {last_wanted + 1}")
     return np.stack([kept[i] for i in wanted.tolist()])
+
+
+def _upright(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame as it is shown: its display matrix (a rotation, maybe mirrored) applied.
+
+    FFmpeg's matrix maps a stored pixel (x, y) to (a x + c y, b x + d y) on screen; a mirror image
+    has a negative determinant, and FFmpeg mirrors x after rotating.
+    """
+    pixels = frame.to_ndarray(format="rgb24")
+    matrix = next((bytes(data) for data in frame.side_data if data.type == SideDataType.DISPLAYMATRIX), None)
+    if matrix is None:
+        return pixels
+    a, b, _, c, d = np.frombuffer(matrix, dtype=np.int32)[:5].tolist()
+    mirrored = a * d - b * c < 0
+    if mirrored:
+        a, c = -a, -c
+    quarter_turns = round(math.degrees(math.atan2(c, a)) / 90) % 4  # counterclockwise, as np.rot90 turns
+    pixels = np.rot90(pixels, quarter_turns)
+    return pixels[:, ::-1] if mirrored else pixels
 
 
 def save_video(frames: np.ndarray, path: str | os.PathLike, fps: float = 8.0, lossless: bool = False) -> None:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from lwm import media
 from lwm.media import MediaError, MediaLimitError
-from tests.helpers.hostile_media import FRAMES, STILLS, TRUNCATABLE, VIDEOS, write_corpus
+from tests.helpers.hostile_media import FRAMES, STILLS, TRUNCATABLE, VIDEOS, clip, write_corpus, write_video
 
 # What decoders say, which must never reach a user: errno numbers, FFmpeg function names, box names.
 DECODER_WORDS = ("Errno", "avcodec", "avformat", "Invalid data found", "moov", "Traceback", "PIL", "libav")
@@ -178,6 +178,36 @@ def test_a_name_with_terminal_escapes_is_shown_escaped(tmp_path):
     with pytest.raises(MediaError) as error:
         media.load_video(path)
     assert "\x1b" not in str(error.value) and "\\x1b" in str(error.value)
+
+
+# ----------------------------------------------------------------------------- orientation
+
+
+@pytest.mark.parametrize("rotation", [0, 90, 180, 270])
+@pytest.mark.parametrize("hflip", [False, True])
+def test_a_rotated_video_loads_upright(tmp_path, rotation, hflip):
+    """PyAV writes the display matrix of a counterclockwise rotation, then a mirror of x (as phones
+    record portrait video as rotated landscape); the frames come back as they are shown."""
+    frames = clip()
+    path = write_video(tmp_path / "rotated.mp4", "mp4", "libx264rgb", "rgb24", frames, rotation, hflip)
+    shown = np.rot90(frames, rotation // 90, axes=(1, 2))
+    shown = shown[:, :, ::-1] if hflip else shown
+    np.testing.assert_array_equal(media.load_video(path), shown)
+
+
+def test_the_issues_portrait_video_loads_as_320_by_240(tmp_path):
+    path = write_video(tmp_path / "phone.mp4", "mp4", "libx264", "yuv420p", clip(2, 320, 240), rotation=90)
+    assert media.load_video(path).shape == (2, 240, 320, 3)
+
+
+def test_an_images_exif_orientation_is_applied(tmp_path):
+    image = clip(1)[0]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to show"
+    Image.fromarray(image).save(tmp_path / "phone.png", exif=exif)
+    upright = np.rot90(image, -1)
+    np.testing.assert_array_equal(media.load_image(tmp_path / "phone.png"), upright)
+    np.testing.assert_array_equal(media.load_video(tmp_path / "phone.png"), upright[None])
 
 
 # ----------------------------------------------------------------------------- fuzz
