@@ -586,8 +586,12 @@ def preprocess(frames: np.ndarray, resolution: int) -> torch.Tensor:
 def _resize_and_crop(frame: np.ndarray, resolution: int) -> np.ndarray:
     image = Image.fromarray(frame)
     width, height = image.size
-    scale = resolution / min(width, height)
-    size = (resolution, int(height * scale)) if width <= height else (int(width * scale), resolution)
+    # LWM's arithmetic exactly: int(h * (R / w)) loses a pixel to rounding for many sizes (322x322
+    # would become 256x255 and a black row after the crop).
+    if width < height:
+        size = (resolution, int(resolution * height / width))
+    else:
+        size = (int(resolution * width / height), resolution)
     image = image.resize(size, Image.Resampling.BICUBIC)
     width, height = image.size
     box = ((width - resolution) / 2, (height - resolution) / 2, (width + resolution) / 2, (height + resolution) / 2)

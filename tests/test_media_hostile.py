@@ -210,6 +210,35 @@ def test_an_images_exif_orientation_is_applied(tmp_path):
     np.testing.assert_array_equal(media.load_video(tmp_path / "phone.png"), upright[None])
 
 
+# ----------------------------------------------------------------------------- LWM's resize
+
+
+def lwm_process_frame(image: Image.Image, size: int) -> np.ndarray:
+    """LWM's `_process_frame` (lwm/vision_chat.py), line for line."""
+    width, height = image.size
+    if width < height:
+        new_width = size
+        new_height = int(size * height / width)
+    else:
+        new_height = size
+        new_width = int(size * width / height)
+    image = image.resize((new_width, new_height))
+    left = (new_width - size) / 2
+    top = (new_height - size) / 2
+    right = (new_width + size) / 2
+    bottom = (new_height + size) / 2
+    image = image.crop((left, top, right, bottom))
+    return np.array(image, dtype=np.float32) / 127.5 - 1
+
+
+@pytest.mark.parametrize("height, width", [(322, 322), (499, 499), (784, 784), (322, 644), (644, 322), (240, 320)])
+def test_preprocessing_is_pixel_equal_to_lwms_resize(height, width):
+    frame = np.random.default_rng(height + width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    ours = media.preprocess(frame, 256)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(ours, lwm_process_frame(Image.fromarray(frame), 256))
+    assert (ours[-1] > -1).any() and (ours[:, -1] > -1).any()  # no black row or column from a short resize
+
+
 # ----------------------------------------------------------------------------- fuzz
 
 
