@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -48,8 +49,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, reads_videos: bool = Tr
 
 def load_model(args: argparse.Namespace):
     """The model named by `--model`, or None after printing why it cannot be loaded."""
+    from transformers.utils import logging as transformers_logging
+
     from lwm.api import LWM
 
+    if not sys.stderr.isatty():  # transformers' loading bar would stay in a log or a pipe, around our errors
+        transformers_logging.disable_progress_bar()
     try:
         return LWM.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                    max_frames=getattr(args, "max_frames", None),
@@ -60,8 +65,10 @@ def load_model(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from lwm.serve.chat import ChatRepl, ChatSettings
+    from lwm.api import BUNDLED
+    from lwm.serve.chat import GREETING, ChatRepl, ChatSettings, bundled_greeting
 
+    _tolerate_bad_encodings()
     lwm = load_model(args)
     if lwm is None:
         return 1
@@ -76,9 +83,11 @@ def run(args: argparse.Namespace) -> int:
         info=sys.stdout if interactive else sys.stderr,
         output_dir=args.output_dir,
         show_previews=sys.stdout.isatty() and not args.no_preview,
+        show_progress=interactive and sys.stderr.isatty(),
         interactive=interactive,
         settings=settings,
         set_history=set_history,
+        greeting=bundled_greeting() if args.model == BUNDLED else GREETING,
     )
     for path in args.image:
         repl.handle(f"/image {_quoted(path)}")
@@ -93,6 +102,15 @@ def run(args: argparse.Namespace) -> int:
         piped = sys.stdin.read().strip()
         question = f"{question}\n{piped}" if piped else question
     return 0 if repl.ask(question) else 1
+
+
+def _tolerate_bad_encodings() -> None:
+    """Input bytes that are not UTF-8 arrive as lone surrogates (the model refuses them with a clear
+    error) instead of ending the chat with a UnicodeDecodeError; output escapes what it cannot encode."""
+    for stream, errors in ((sys.stdin, "surrogateescape"), (sys.stdout, "backslashreplace"),
+                           (sys.stderr, "backslashreplace")):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors=errors)
 
 
 def _quoted(path: str) -> str:
