@@ -3,13 +3,19 @@
 Everything is random: the tests check plumbing, shapes, limits and protocols, never what the
 model says. Frames are 8x8 pixels = 4x4 = 16 codes (17 tokens with the delimiter), the codebook
 has 64 entries and the context 1024 tokens, so drawing a frame takes a fraction of a second.
+`serving(app)` runs a server app under uvicorn for the tests that talk HTTP to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
+import socket
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -70,3 +76,31 @@ def write_test_media(folder: Path) -> None:
     media.save_image(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8), folder / "photo.png")
     media.save_video(rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), folder / "clip.mp4", fps=4)
     (folder / "notes.txt").write_text("not media at all\n")
+
+
+@contextlib.contextmanager
+def serving(app, shutdown_s: float = 10):
+    """Runs `app` under uvicorn on a free port of 127.0.0.1 in a thread; yields its URL once /health is
+    200, then stops it and checks that it stopped within `shutdown_s`."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    else:
+        pytest.fail("the server did not become healthy in 60 s")
+    yield url
+    server.should_exit = True
+    thread.join(shutdown_s)
+    assert not thread.is_alive(), "the server did not shut down"

@@ -12,14 +12,11 @@ import base64
 import json
 import logging
 import os
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +24,7 @@ from lwm.api import LWM
 from lwm.serve.media_fetch import MediaPolicy
 from lwm.serve.server import ServerConfig, create_app
 from tests.helpers.hostile_media import write_corpus
+from tests.serve.conftest import serving
 
 # What exception text looks like; none of it may reach a client.
 EXCEPTION_WORDS = ("Traceback", "Errno", "avcodec", "Invalid data found", "PIL", "object at 0x", "File \"",
@@ -50,26 +48,8 @@ def base_url(tiny_model_dir, allowed):
     config = ServerConfig(model_name="lwm-tiny", media=MediaPolicy(allowed_dir=allowed), max_body_bytes=1 << 20,
                           max_output_frames=2)
     app = create_app(lambda: LWM.from_pretrained(tiny_model_dir), config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    else:
-        pytest.fail("the server did not become healthy in 60 s")
-    yield url
-    server.should_exit = True
-    thread.join(15)
-    assert not thread.is_alive(), "the server did not shut down"  # a worker stuck on a FIFO would hold it
+    with serving(app, shutdown_s=15) as url:  # a worker stuck on a FIFO would hold the server up
+        yield url
 
 
 @pytest.fixture
