@@ -429,11 +429,11 @@ class ChatRepl:
 def bundled_greeting() -> str:
     """What the bundled model is and a clip to try: it knows its synthetic world and nothing else."""
     return (
-        "This is the bundled model: a small model (5.5M parameters) trained from scratch on a synthetic world "
-        "of coloured shapes that move and bounce in a box. It describes clips of that world, answers "
-        "questions about them, draws and continues them; it knows nothing else, so plain chat gets nonsense. "
-        f"Try a clip of its world:\n  /video {BUNDLED_SAMPLE}\n  Describe the video.\n  How many objects "
-        f"are there?\n{GREETING}"
+        "This is the bundled model: a small model (5.5M parameters) trained from scratch on a synthetic\n"
+        "world of coloured shapes that move and bounce in a box. It describes clips of that world, answers\n"
+        "questions about them, draws and continues them; it knows nothing else, so plain chat gets nonsense.\n"
+        f"Try a clip of its world:\n  /video {BUNDLED_SAMPLE}\n  Describe the video.\n  How many objects are there?\n"
+        f"{GREETING}"
     )
 
 
