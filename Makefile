@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: install chat test test-slow constraints bundled bundled-data clean
+.PHONY: install chat test test-slow lint constraints bundled bundled-data clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ test: install
 test-slow: install
 	$(PY) -m pytest -m slow
 
+# ruff's settings are in pyproject.toml ([tool.ruff]).
+lint: install
+	$(VENV)/bin/ruff check lwm tests benchmarks
+
 # Pins what the venv holds now (run after `make test` passes on newer versions).
 constraints: install
 	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^torch=='; } > constraints.txt.new
@@ -35,7 +39,7 @@ constraints: install
 
 LWM := $(VENV)/bin/lwm
 
-# Reproduces bundled/ from scratch with the project's own commands (docs/bundled-model.md): the first
+# Reproduces lwm/bundled/ from scratch with the project's own commands (docs/bundled-model.md): the first
 # training step about 20 min on one GPU (days on 2 CPU cores), the second, third and fourth 66 min, 2 h 40 min
 # and 1 h 38 min on 2 CPU cores. Each intermediate is a file target, so an interrupted `make bundled` redoes
 # only what is missing. WORKERS processes render and tokenize; DEVICE runs the VQGAN while tokenizing (the
@@ -44,7 +48,7 @@ LWM := $(VENV)/bin/lwm
 WORKERS    ?= 2
 DEVICE     ?= cpu
 TRAIN_ARGS ?=
-BUNDLED    ?= bundled
+BUNDLED    ?= lwm/bundled
 RUN        := runs/bundled
 
 $(RUN)/world/manifest.jsonl: | install
@@ -54,9 +58,7 @@ $(RUN)/text-tokenizer/tokenizer.model: $(RUN)/world/manifest.jsonl
 	$(LWM) tokenizer train-text $< --vocab-size 768 -o $(RUN)/text-tokenizer
 
 $(RUN)/vqgan/model.safetensors: $(RUN)/world/manifest.jsonl
-	$(LWM) tokenizer train $< -o $(RUN)/vqgan --model world --steps 3000 --warmup-steps 100 --batch-size 64 \
-		--frames-per-clip 2 --lr 5e-4 --l2-weight 1.0 --num-workers $(WORKERS) --log-every 50 --eval-every 1000 \
-		--save-every 1000 --eval-frames 512
+	$(LWM) tokenizer train configs/train/bundled-vqgan.yaml num_workers=$(WORKERS)
 
 # The needle curriculum of configs/train/bundled-needles.yaml: short haystacks, then log-uniform ones up to
 # the trained length, each beside 2000 of the training clips replayed.

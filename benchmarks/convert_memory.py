@@ -64,7 +64,8 @@ def worker(params_path: str, out_dir: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chunk-mb", type=float, default=128.0, help="leaves above this many MB (2**20 B) are chunked (flax: 1024)")
+    parser.add_argument("--chunk-mb", type=float, default=128.0,
+                        help="leaves above this many MB (2**20 B) are chunked (flax: 1024)")
     parser.add_argument("--tmp", default="/tmp", help="where the temporary checkpoint and output go")
     parser.add_argument("--worker", nargs=2, metavar=("PARAMS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -98,7 +99,8 @@ def main() -> None:
             ["parameters", f"{parameters:,}"],
             ["params file (bf16)", f"{file_size / MB:,.0f} MB, {len(leaves)} records"],
             ["largest record", f"{'/'.join(largest.key)}: {largest.nbytes / MB:,.0f} MB in {len(largest.segments)} chunk(s)"],
-            ["safetensors written", f"{written / MB:,.0f} MB in {len(set(index['weight_map'].values()))} shard(s), {len(index['weight_map'])} tensors"],
+            ["safetensors written", f"{written / MB:,.0f} MB in {len(set(index['weight_map'].values()))} shard(s), "
+                                    f"{len(index['weight_map'])} tensors"],
             ["converter RSS after imports", f"{result['baseline'] / MB:,.0f} MB"],
             ["converter peak RSS", f"{result['peak'] / MB:,.0f} MB"],
             ["growth during conversion", f"{growth / MB:,.0f} MB = {growth / largest.nbytes:.2f} x largest record (limit 1.5)"],

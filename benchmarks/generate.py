@@ -42,7 +42,8 @@ from lwm.generation.sampling import SamplingConfig, iter_tokens  # noqa: E402
 from lwm.model import LWMConfig, LWMForCausalLM  # noqa: E402
 
 TEXT_VOCAB, VISION_VOCAB, CODES = 32000, 8448, 8192  # LWM's vocabularies: the heads cost what they cost in LWM
-UNCONDITIONAL_PROMPT = torch.tensor([1, 529, 4924, 29958])  # "<s><vision>" in LLaMA-2 ids (spec §5.6)
+# "<s><vision>" in LLaMA-2 ids (docs/official-weights.md#prompts-and-bos)
+UNCONDITIONAL_PROMPT = torch.tensor([1, 529, 4924, 29958])
 
 
 class TokenClock(BaseStreamer):

@@ -77,11 +77,11 @@ def rank_main(rank: int, method: str, length: int, repeats: int, world: int, por
     if method == "ring-attention-pytorch":
         from ring_attention_pytorch import ring_flash_attn
 
-        q, k, v = (shard_sequence(x, 1, layout="contiguous").detach().requires_grad_() for x in _inputs(length, "bnhd"))
+        q, k, v = (shard_sequence(x, 1, rank, world, "contiguous").detach().requires_grad_() for x in _inputs(length, "bnhd"))
         attend = lambda: ring_flash_attn(q, k, v, causal=True, bucket_size=CHUNK, ring_reduce_col=True)  # noqa: E731
     else:
         layout = method.removeprefix("ring-")
-        q, k, v = (shard_sequence(x, 2, layout=layout).detach().requires_grad_() for x in _inputs(length, "bhnd"))
+        q, k, v = (shard_sequence(x, 2, rank, world, layout).detach().requires_grad_() for x in _inputs(length, "bhnd"))
         attend = lambda: ring_attention(q, k, v, causal=True, layout=layout, q_chunk=CHUNK, kv_chunk=CHUNK)  # noqa: E731
 
     def step():

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/train.py
     .venv/bin/python benchmarks/train.py --hidden 256 --layers 4 --seq 1024 --steps 6 --memory-seqs 1024 2048 4096
 
-Every measurement is a real `python -m torch.distributed.run ... -m lwm.training` run of the trainer
+Every measurement is a real `python -m torch.distributed.run` run of the trainer (`lwm.training.Trainer`)
 (ring attention for sp > 1, ZeRO-0, fp32) on rows of one long random document each, so attention is
 fully causal. Every rank runs one thread (several OpenMP threads per rank on busy, shared cores spin
 at their barriers and measure the machine's load rather than the trainer), so sp = W uses W cores.
@@ -143,11 +143,13 @@ def main() -> None:
     model = LWMForCausalLM(config)
     data = write_random_tokens(work / "tokens", examples=64, min_length=longest, max_length=longest)
     print(f"machine: {machine()}")
-    print(f"model: hidden {args.hidden}, {args.layers} layers, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters\n")
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"model: hidden {args.hidden}, {args.layers} layers, {parameters / 1e6:.2f}M parameters\n")
 
     peak_before, speeds = gemm_peak_flops(threads=1), {}
     for sp in (1, 2):
-        speeds[sp] = [train(work, f"speed-sp{sp}-{i}", work / "model", data, args.seq, sp, args.steps) for i in range(args.repeats)]
+        speeds[sp] = [train(work, f"speed-sp{sp}-{i}", work / "model", data, args.seq, sp, args.steps)
+                      for i in range(args.repeats)]
     peak = max(peak_before, gemm_peak_flops(threads=1))
     rows = []
     for sp, runs in speeds.items():
@@ -167,7 +169,8 @@ def main() -> None:
         row = [seq]
         for sp in args.memory_sp:
             run = train(work, f"memory-sp{sp}-seq{seq}", work / "model", data, seq, sp, 2)
-            row.append("failed" if "error" in run else f"{run['peak_rss_mb']:,.0f} (+{run['peak_rss_mb'] - run['rss_at_start_mb']:,.0f})")
+            growth = None if "error" in run else run["peak_rss_mb"] - run["rss_at_start_mb"]
+            row.append("failed" if growth is None else f"{run['peak_rss_mb']:,.0f} (+{growth:,.0f})")
         rows.append(row)
     print("\nPeak resident memory of rank 0, MB (growth during the 2 training steps in brackets)")
     print_table(["seq", *[f"sp={sp}" for sp in args.memory_sp]], rows)

@@ -3,7 +3,7 @@
     .venv/bin/pip install diffusers torch==2.13.0     # for this benchmark only; not a dependency
     .venv/bin/python benchmarks/vqgan.py              # LWM config, 256x256, CPU, 1 thread
 
-Both models are LWM's VQGAN (spec §4: 128 base channels, channel_mult (1,2,2,4,6), 2 res blocks,
+Both models are LWM's VQGAN (docs/official-weights.md#the-vqgan: 128 base channels, channel_mult (1,2,2,4,6), 2 res blocks,
 no attention, codebook 8192 x 64) with random weights; the script checks that they hold the same
 number of parameters. One "frame" is the full round trip a user pays for: pixels -> codes
 (encoder, quant conv, nearest codebook entry) and codes -> pixels (codebook lookup, post-quant conv,

@@ -10,9 +10,9 @@ _PUBLIC = {
     "Video": "lwm.api",
     "LWMConfig": "lwm.model",
     "LWMForCausalLM": "lwm.model",
-    "LWMProcessor": "lwm.tokenizers.processing_lwm",
-    "VQGAN": "lwm.tokenizers.modeling_vqgan",
-    "VQGANConfig": "lwm.tokenizers.configuration_vqgan",
+    "LWMProcessor": "lwm.tokenizers",
+    "VQGAN": "lwm.tokenizers",
+    "VQGANConfig": "lwm.tokenizers",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -1,4 +1,4 @@
-"""`python -m lwm ...` is the `lwm` command."""
+"""`python -m lwm ...` is the `lwm` command (launchers too: `torchrun -m lwm train CONFIG`)."""
 
 import sys
 

@@ -12,15 +12,18 @@
 A model folder holds the decoder (`config.json`, `model.safetensors`) and its processor (text
 tokenizer, `processor_config.json`, `vqgan/`), as `LWM.save_pretrained` writes it. Media may be a
 path, bytes, a uint8 array (`[H, W, 3]` image, `[T, H, W, 3]` video), a PIL image or a `Video`.
-Text is greedy by default (temperature 0); drawing uses LWM's guided sampling settings.
+Text is greedy by default (temperature 0); drawing uses the model's settings (its drawing_config.json),
+else LWM's guided sampling.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Literal, Union
 
@@ -29,13 +32,12 @@ import torch
 from PIL import Image
 
 from lwm import media
-from lwm.generation import vision
-from lwm.generation.logits_process import TextOnlyLogitsProcessor
-from lwm.generation.sampling import SamplingConfig, iter_tokens
-from lwm.tokenizers.processing_lwm import CAPTION_REQUESTS, CONTINUATION_REQUEST, LWMProcessor
+from lwm.generation import SamplingConfig, TextOnlyLogitsProcessor, iter_tokens, vision
+from lwm.tokenizers import CAPTION_REQUESTS, CONTINUATION_REQUEST, LWMProcessor
 
 BUNDLED = "bundled"
-BUNDLED_DIR = Path(__file__).resolve().parents[1] / "bundled"
+# Package data, found through the installed package: a wheel ships the bundled model.
+BUNDLED_DIR = Path(str(resources.files("lwm") / BUNDLED))
 DEFAULT_FPS = 8.0
 DEFAULT_MAX_FRAMES = 8  # frames read from an input video when the model folder does not say (LWM's chat: 8)
 DEFAULT_MAX_NEW_TOKENS = 512
@@ -161,7 +163,8 @@ class TextStream:
 class LWM:
     """A Large World Model with its processor: captions, answers, chats, and draws images and videos."""
 
-    def __init__(self, model, processor: LWMProcessor, max_frames: int | None = None):
+    def __init__(self, model, processor: LWMProcessor, max_frames: int | None = None,
+                 drawing: vision.DrawingConfig | None = None):
         config = model.config
         if processor.text_vocab_size != config.vocab_size or processor.codebook_size != config.num_vision_codes:
             raise ValueError(
@@ -173,11 +176,18 @@ class LWM:
                 f"the model's code grid is {config.vision_grid_size} x {config.vision_grid_size}, but the processor's "
                 f"frames have {processor.codes_per_frame} codes"
             )
+        if max_frames is not None or processor.config.max_frames is None:
+            # The one place the number of frames is decided: the processor samples them from every video.
+            frames = DEFAULT_MAX_FRAMES if max_frames is None else max_frames
+            processor = LWMProcessor(processor.tokenizer, processor.vqgan, processor.config, max_frames=frames)
         self.model = model.eval()
         self.processor = processor
-        self.max_frames = max_frames or processor.config.max_frames or DEFAULT_MAX_FRAMES
-        if self.max_frames < 1:
-            raise ValueError(f"max_frames must be at least 1, got {self.max_frames}")
+        self.drawing = drawing or vision.DrawingConfig()
+
+    @property
+    def max_frames(self) -> int:
+        """Frames read from an input video, spread uniformly over it (the processor's setting)."""
+        return self.processor.config.max_frames
 
     # ------------------------------------------------------------------ loading and saving
 
@@ -197,7 +207,8 @@ class LWM:
 
         dtype (or its transformers alias torch_dtype): of the decoder ("float32", "bfloat16",
             "float16" or a torch dtype); the VQGAN stays float32.
-        max_frames: frames read from an input video (spread uniformly over it).
+        max_frames: frames read from an input video (spread uniformly over it); default: the
+            folder's processor_config.json, else 8.
         device_map, max_memory, offload_folder: accelerate's big-model placement, for decoders
             larger than one device: e.g. device_map="auto" spreads layers over GPU, CPU and disk.
             `device` then only places the VQGAN and the inputs.
@@ -210,11 +221,13 @@ class LWM:
             placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
         model = LWMForCausalLM.from_pretrained(folder, dtype=_torch_dtype(dtype or torch_dtype), **placement)
         processor = LWMProcessor.from_pretrained(folder, device=device)
-        return cls(model if device_map is not None else model.to(device), processor, max_frames=max_frames)
+        return cls(model if device_map is not None else model.to(device), processor, max_frames=max_frames,
+                   drawing=vision.DrawingConfig.load(folder))
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         self.model.save_pretrained(directory)
         self.processor.save_pretrained(directory)
+        self.drawing.save(directory)
 
     @property
     def device(self) -> torch.device:
@@ -306,14 +319,15 @@ class LWM:
         self,
         prompt: str,
         *,
-        guidance_scale: float = vision.IMAGE_SAMPLING.guidance_scale,
-        top_k: int | None = vision.IMAGE_SAMPLING.top_k,
-        temperature: float = vision.IMAGE_SAMPLING.temperature,
+        guidance_scale: float | None = None,
+        top_k: int | None = None,
+        temperature: float | None = None,
         seed: int | None = None,
         progress: bool = False,
     ) -> Image.Image:
-        """Text -> image (LWM's guided sampling: s = 5, top-k 8192, temperature 1; temperature 0 is greedy)."""
-        sampling = vision_sampling(temperature, top_k, guidance_scale)
+        """Text -> image. Settings left at None are the model's (`self.drawing.image`; LWM's: guidance
+        s = 5, top-k 8192, temperature 1); temperature 0 is greedy, top_k 0 turns top-k off."""
+        sampling = with_settings(self.drawing.image, temperature, top_k, guidance_scale)
         prompt_ids = self._generation_prompt(prompt, "image", num_frames=1)
         with self._progress(self._frame_tokens(1), "drawing", progress):
             codes = vision.generate_image(
@@ -330,22 +344,27 @@ class LWM:
         self,
         prompt: str,
         *,
-        num_frames: int = 8,
-        guidance_scale: float = vision.IMAGE_SAMPLING.guidance_scale,
-        video_guidance_scale: float = vision.VIDEO_SAMPLING.guidance_scale,
-        top_k: int | None = vision.VIDEO_SAMPLING.top_k,
-        temperature: float = vision.VIDEO_SAMPLING.temperature,
+        num_frames: int | None = None,
+        guidance_scale: float | None = None,
+        video_guidance_scale: float | None = None,
+        top_k: int | None = None,
+        temperature: float | None = None,
         fps: float = DEFAULT_FPS,
         seed: int | None = None,
         progress: bool = False,
     ) -> Video:
-        """Text -> video with LWM's procedure: the first frame is drawn as an image (guidance
-        `guidance_scale`, top-k 8192), then the rest follow the video prompt (`video_guidance_scale`, `top_k`).
+        """Text -> video, as the model draws best (`self.drawing`). LWM's procedure draws the first frame
+        as an image (guidance `guidance_scale`, top-k 8192) and the rest from the video prompt
+        (`video_guidance_scale`, `top_k`); a model may draw every frame from the video prompt instead.
+        Settings left at None are the model's; temperature 0 is greedy.
         """
-        first = vision_sampling(temperature, vision.IMAGE_SAMPLING.top_k, guidance_scale)
-        rest = vision_sampling(temperature, top_k, video_guidance_scale)
+        num_frames = self.drawing.video_frames if num_frames is None else num_frames
+        first = with_settings(self.drawing.video_first_frame, temperature, None, guidance_scale)
+        rest = with_settings(self.drawing.video, temperature, top_k, video_guidance_scale)
         video_prompt = self._generation_prompt(prompt, "video", num_frames)
-        image_prompt = self._generation_prompt(prompt, "image", 1)
+        image_prompt = None
+        if self.drawing.video_procedure == "lwm":
+            image_prompt = self._generation_prompt(prompt, "image", 1).to(self.device)
         with self._progress(self._frame_tokens(num_frames), "animating", progress):
             codes = vision.generate_video(
                 self.model,
@@ -353,7 +372,7 @@ class LWM:
                 self.processor.unconditional_prompt()["input_ids"].to(self.device),
                 num_frames=num_frames,
                 frame_shape=self._frame_shape,
-                image_prompt_ids=image_prompt.to(self.device),
+                image_prompt_ids=image_prompt,
                 first_frame_sampling=first,
                 sampling=rest,
                 generator=self._generator(seed),
@@ -366,8 +385,8 @@ class LWM:
         *,
         num_frames: int = 4,
         prompt: str | None = None,
-        top_k: int | None = vision.VIDEO_SAMPLING.top_k,
-        temperature: float = vision.VIDEO_SAMPLING.temperature,
+        top_k: int | None = None,
+        temperature: float | None = None,
         fps: float | None = None,
         seed: int | None = None,
         progress: bool = False,
@@ -379,7 +398,7 @@ class LWM:
         (`USER: Continue the video.<vision>frames</vision> ASSISTANT: <vision>`) and draws a new
         vision block; with `prompt`, the frames open the vision block of LWM's video prompt for it
         and the model goes on drawing in that block. Returns the new frames only, at the input's fps
-        when it is a `Video`.
+        when it is a `Video`. Settings left at None are the model's (`self.drawing.continuation`).
         """
         if num_frames < 1:
             raise ValueError(f"num_frames must be at least 1, got {num_frames}")
@@ -387,17 +406,9 @@ class LWM:
         if fps is None:
             fps = source.fps if isinstance(source, Video) else DEFAULT_FPS
         codes = torch.from_numpy(self.processor.encode_media({"type": "video", "frames": frames}))
-        sampling = vision_sampling(temperature, top_k, 1.0)
+        sampling = with_settings(self.drawing.continuation, temperature, top_k, 1.0)
         if prompt is None:
-            request = [{"role": "user", "content": [{"type": "text", "text": CONTINUATION_REQUEST},
-                                                    {"type": "video", "codes": codes}]}]
-            prompt_ids = self.processor.apply_chat_template(request, add_generation_prompt=True, generation_mode="vision")["input_ids"]
-            self._check_fits(len(prompt_ids), self._frame_tokens(num_frames))
-            with self._progress(self._frame_tokens(num_frames), "continuing", progress):
-                new_codes = vision.generate_video(
-                    self.model, prompt_ids.to(self.device), None, num_frames=num_frames, frame_shape=self._frame_shape,
-                    first_frame_sampling=sampling, sampling=sampling, generator=self._generator(seed),
-                )
+            new_codes = self.continue_codes(codes, num_frames, sampling, seed=seed, progress=progress)
             return Video(self._decode_codes(new_codes), fps)
         prompt_ids = self.processor.generation_prompt(prompt, "video")["input_ids"]
         self._check_fits(len(prompt_ids) + self._frame_tokens(len(codes)), self._frame_tokens(num_frames))
@@ -411,6 +422,24 @@ class LWM:
                 generator=self._generator(seed),
             )
         return Video(self._decode_codes(new_codes), fps)
+
+    def continuation_prompt(self, codes: torch.Tensor) -> torch.LongTensor:
+        """The chat turn a continuation is trained on, `USER: Continue the video.<vision>frames</vision>
+        ASSISTANT: <vision>`, for the codes `[frames, h, w]` of the given video."""
+        request = [{"role": "user", "content": [{"type": "text", "text": CONTINUATION_REQUEST},
+                                                {"type": "video", "codes": codes}]}]
+        return self.processor.apply_chat_template(request, add_generation_prompt=True, generation_mode="vision")["input_ids"]
+
+    def continue_codes(self, codes: torch.Tensor, num_frames: int, sampling: SamplingConfig, *,
+                       seed: int | None = None, progress: bool = False) -> torch.LongTensor:
+        """The codes `[num_frames, h, w]` of the frames after the video of `codes`, drawn with `sampling`."""
+        prompt_ids = self.continuation_prompt(codes)
+        self._check_fits(len(prompt_ids), self._frame_tokens(num_frames))
+        with self._progress(self._frame_tokens(num_frames), "continuing", progress):
+            return vision.generate_video(
+                self.model, prompt_ids.to(self.device), None, num_frames=num_frames, frame_shape=self._frame_shape,
+                first_frame_sampling=sampling, sampling=sampling, generator=self._generator(seed),
+            )
 
     # ------------------------------------------------------------------ media
 
@@ -531,12 +560,20 @@ def text_sampling(temperature: float, top_k: int | None, top_p: float | None) ->
     return SamplingConfig(temperature=temperature, top_k=top_k or None, top_p=top_p)
 
 
-def vision_sampling(temperature: float, top_k: int | None, guidance_scale: float) -> SamplingConfig:
-    if temperature < 0:
-        raise ValueError(f"temperature must be 0 (greedy) or positive, got {temperature}")
-    if temperature == 0:
-        return SamplingConfig(do_sample=False, guidance_scale=guidance_scale)
-    return SamplingConfig(temperature=temperature, top_k=top_k or None, guidance_scale=guidance_scale)
+def with_settings(base: SamplingConfig, temperature: float | None = None, top_k: int | None = None,
+                  guidance_scale: float | None = None) -> SamplingConfig:
+    """`base` with the settings a caller gave (None keeps base's): temperature 0 is greedy, top_k 0 turns
+    top-k off."""
+    changes = {}
+    if temperature is not None:
+        if temperature < 0:
+            raise ValueError(f"temperature must be 0 (greedy) or positive, got {temperature}")
+        changes = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature}
+    if top_k is not None:
+        changes["top_k"] = top_k or None
+    if guidance_scale is not None:
+        changes["guidance_scale"] = guidance_scale
+    return dataclasses.replace(base, **changes)
 
 
 def model_folder(path: str | os.PathLike) -> Path:

@@ -12,3 +12,5 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+pytest_plugins = ["tests.helpers.tiny"]  # the session's tiny model folder and media (tiny_model_dir, media_dir)

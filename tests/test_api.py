@@ -7,20 +7,14 @@ import torch
 from PIL import Image
 
 from lwm import media
-from lwm.api import BUNDLED_DIR, LWM, ContextLengthError, Video
-from tests.serve.conftest import CONTEXT, RESOLUTION, build_tiny_model_dir, write_test_media
+from lwm.api import LWM, ContextLengthError, Video
+from lwm.tokenizers import LWMProcessor
+from tests.helpers.tiny import CONTEXT, RESOLUTION
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("api")
-    write_test_media(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def lwm(folder):
-    return LWM.from_pretrained(build_tiny_model_dir(folder))
+def lwm(tiny_model_dir):
+    return LWM.from_pretrained(tiny_model_dir)
 
 
 def reference_greedy(lwm, prompt_ids, max_new_tokens):
@@ -36,18 +30,17 @@ def reference_greedy(lwm, prompt_ids, max_new_tokens):
     return out
 
 
-def test_bundled_model_is_not_shipped_yet_says_what_to_do():
-    if (BUNDLED_DIR / "config.json").exists():
-        pytest.skip("a bundled model is present")
+def test_a_missing_bundled_model_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setattr("lwm.api.BUNDLED_DIR", tmp_path)  # a package installed without its lwm/bundled/
     with pytest.raises(FileNotFoundError, match=r"bundled model is not shipped yet.*--model DIR"):
         LWM.from_pretrained("bundled")
     with pytest.raises(FileNotFoundError, match="not a model folder"):
         LWM.from_pretrained("/nonexistent/model")
 
 
-def test_greedy_answer_matches_an_uncached_argmax_loop(lwm, folder):
+def test_greedy_answer_matches_an_uncached_argmax_loop(lwm, media_dir):
     question = "What is in the image?"
-    image = {"type": "image", "path": str(folder / "photo.png")}
+    image = {"type": "image", "path": str(media_dir / "photo.png")}
     messages = [{"role": "user", "content": [{"type": "text", "text": question}, image]}]
     stream = lwm.chat(messages, stream=True, max_new_tokens=6)
     pieces = list(stream)
@@ -56,26 +49,43 @@ def test_greedy_answer_matches_an_uncached_argmax_loop(lwm, folder):
     assert "".join(pieces) == stream.text
     assert stream.finish_reason == ("length" if len(expected) == 6 else "stop")
     assert stream.prompt_tokens == len(lwm.chat_prompt(messages))
-    assert lwm.answer(folder / "photo.png", question, max_new_tokens=6) == stream.text
+    assert lwm.answer(media_dir / "photo.png", question, max_new_tokens=6) == stream.text
 
 
-def test_every_media_form_gives_the_same_answer(lwm, folder):
-    path = folder / "photo.png"
+def test_every_media_form_gives_the_same_answer(lwm, media_dir):
+    path = media_dir / "photo.png"
     frames = media.load_image(path)
     forms = [str(path), path, path.read_bytes(), frames, Image.open(path)]
     answers = {lwm.answer(form, "Describe it.", max_new_tokens=4) for form in forms}
     assert len(answers) == 1
 
-    video_path = folder / "clip.mp4"
+    video_path = media_dir / "clip.mp4"
     video_frames = media.load_video(video_path)
     video_forms = [video_path, video_path.read_bytes(), video_frames, Video(video_frames, fps=4)]
     assert len({lwm.caption(form, max_new_tokens=4) for form in video_forms}) == 1
 
 
-def test_video_frames_are_capped_at_max_frames(lwm, folder):
-    assert lwm.load_media(folder / "clip.mp4").shape[0] == 6
+def test_video_frames_are_capped_at_max_frames(lwm, media_dir):
+    assert lwm.load_media(media_dir / "clip.mp4").shape[0] == 6
     capped = LWM(lwm.model, lwm.processor, max_frames=2)
-    assert capped.load_media(folder / "clip.mp4").shape[0] == 2
+    assert capped.load_media(media_dir / "clip.mp4").shape[0] == 2
+
+
+def test_max_frames_is_decided_once_by_the_processor(lwm):
+    """A model folder that samples 4 frames (as the bundled one) reads 8 when told: the processor re-samples
+    nothing behind the loaded frames."""
+    video = Video(np.random.default_rng(0).integers(0, 256, (12, 8, 8, 3), dtype=np.uint8))
+    four = LWM(lwm.model, LWMProcessor(lwm.processor.tokenizer, lwm.processor.vqgan, max_frames=4))
+    eight = LWM(four.model, four.processor, max_frames=8)
+
+    def frames_in(model: LWM) -> int:  # one <eof> or <eov> closes each frame
+        ids = model.chat_prompt([{"role": "user", "content": [{"type": "text", "text": "What?"},
+                                                              {"type": "video", "video": video}]}])
+        return int((ids >= lwm.processor.eof_token_id).sum())
+
+    assert (four.max_frames, frames_in(four)) == (4, 4)
+    assert (eight.max_frames, frames_in(eight)) == (8, 8)
+    assert four.processor.config.max_frames == 4  # the override made a processor of its own
 
 
 class FakeTokenizer:
@@ -148,11 +158,11 @@ def test_context_limits_are_clear_errors(lwm):
         lwm.generate_video("a ball", num_frames=80)
 
 
-def test_bad_media_and_settings_are_clear_errors(lwm, folder):
+def test_bad_media_and_settings_are_clear_errors(lwm, media_dir):
     with pytest.raises(media.MediaError, match="not a supported image or video"):
-        lwm.caption(folder / "notes.txt")
+        lwm.caption(media_dir / "notes.txt")
     with pytest.raises(media.MediaError, match="file not found"):
-        lwm.caption(folder / "missing.png")
+        lwm.caption(media_dir / "missing.png")
     with pytest.raises(ValueError, match="temperature"):
         lwm.chat([{"role": "user", "content": "hi"}], temperature=-1)
     with pytest.raises(ValueError, match="prompt must be a non-empty string"):
@@ -193,6 +203,30 @@ def test_continuation_is_asked_in_the_chat_turn_it_is_trained_on(lwm):
     np.testing.assert_array_equal(following.frames, lwm._decode_codes(expected))
 
 
+def test_a_model_folder_says_how_it_draws(lwm, tmp_path):
+    from lwm.generation import vision
+    from lwm.generation.sampling import GREEDY
+
+    assert lwm.drawing == vision.DrawingConfig()  # no drawing_config.json: LWM's settings
+    drawing = vision.DrawingConfig(image=GREEDY, video_procedure="single_pass", video_first_frame=GREEDY,
+                                   video=GREEDY, continuation=GREEDY, video_frames=3)
+    LWM(lwm.model, lwm.processor, drawing=drawing).save_pretrained(tmp_path)
+    own = LWM.from_pretrained(tmp_path)
+    assert own.drawing == drawing
+    video = own.generate_video("a ball")
+    expected = vision.text_to_video(own.model, own.processor, "a ball", num_frames=3, procedure="single_pass",
+                                    first_frame_sampling=GREEDY, sampling=GREEDY)
+    np.testing.assert_array_equal(video.frames, own._decode_codes(expected))
+    image = own.generate_image("a ball")
+    np.testing.assert_array_equal(np.asarray(image), own._decode_codes(
+        vision.text_to_image(own.model, own.processor, "a ball", sampling=GREEDY))[0])
+    # the caller's settings win: a seeded draw at temperature 1 is LWM's sampling with that seed
+    assert not np.array_equal(np.asarray(own.generate_image("a ball", temperature=1.0, seed=3)), np.asarray(image))
+    (tmp_path / vision.DRAWING_CONFIG_NAME).write_text('{"video_procedure": "twice"}')
+    with pytest.raises(ValueError, match="drawing_config.json: not a drawing config"):
+        LWM.from_pretrained(tmp_path)
+
+
 def test_processor_and_model_must_match(lwm):
     from lwm.model import LWMConfig, LWMForCausalLM
 
@@ -205,13 +239,13 @@ def test_processor_and_model_must_match(lwm):
         LWM(gridded, lwm.processor)
 
 
-def test_device_map_auto_with_disk_offload_gives_the_same_answer(lwm, folder, tmp_path):
+def test_device_map_auto_with_disk_offload_gives_the_same_answer(lwm, tiny_model_dir, media_dir, tmp_path):
     offloaded = LWM.from_pretrained(
-        build_tiny_model_dir(folder), device_map="auto", max_memory={"cpu": 60_000},
+        tiny_model_dir, device_map="auto", max_memory={"cpu": 60_000},
         offload_folder=tmp_path / "offload",
     )
     assert "disk" in set(offloaded.model.hf_device_map.values())
     question = "What is in the image?"
-    assert offloaded.answer(folder / "photo.png", question, max_new_tokens=5) == lwm.answer(
-        folder / "photo.png", question, max_new_tokens=5
+    assert offloaded.answer(media_dir / "photo.png", question, max_new_tokens=5) == lwm.answer(
+        media_dir / "photo.png", question, max_new_tokens=5
     )

@@ -1,13 +1,13 @@
-"""`lwm convert lwm-jax`: LWM's official JAX checkpoints -> a folder `LWMForCausalLM.from_pretrained` loads.
+"""LWM's official JAX checkpoints -> a folder `LWMForCausalLM.from_pretrained` loads (`lwm convert lwm-jax`).
 
 The `params` file of an LWM release is a tux streaming checkpoint (read by `msgpack_reader`) of
 `FlaxVideoLLaMAForCausalLMModule` (or, for LWM-Text, `FlaxLLaMAForCausalLMModule`). Its layout is
-detected from the keys (spec §1.6, §2.4): a bare parameter tree or a whole train state, and decoder
+detected from the keys (docs/official-weights.md#the-params-file): a bare parameter tree or a whole train state, and decoder
 layers either one subtree per layer (`transformer/h/<i>`) or stacked along axis 0 or 1 under
-`transformer/h/scan_decoder`. Each leaf maps to our names (spec §2.6): Flax Dense kernels are
+`transformer/h/scan_decoder`. Each leaf maps to our names (docs/official-weights.md#the-parameter-tree): Flax Dense kernels are
 (in, out) and become `kernel.T`; embeddings and norms are copied; the output columns of `wq`/`wk` are
 reordered per head from LWM's interleaved RoPE pairs to the half-split pairs of transformers'
-`rotate_half` (spec §3.3), so the model runs LWM's weights with the standard LLaMA rotary embedding.
+`rotate_half` (docs/official-weights.md#rope), so the model runs LWM's weights with the standard LLaMA rotary embedding.
 
 Memory stays at about one record: records are read one at a time, sliced into layers, and each
 converted tensor is written straight into its place in the sharded safetensors output.
@@ -15,23 +15,21 @@ converted tensor is written straight into its place in the sharded safetensors o
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from einops import rearrange
 from tqdm import tqdm
 
-from lwm.convert.msgpack_reader import ArrayLeaf, CheckpointFormatError, StreamingCheckpoint
+from lwm.convert.msgpack_reader import ArrayLeaf, StreamingCheckpoint
 from lwm.convert.sharded_writer import ShardedSafetensorsWriter, TensorSpec
 
 LLAMA_HEAD_DIM = 128  # every LLaMA-2/LWM size; the head count is not recorded in the checkpoint
-DEFAULT_THETA = 5e7  # LWM's vision-language scripts (spec §3.4)
+DEFAULT_THETA = 5e7  # LWM's vision-language scripts (docs/official-weights.md#rope)
 DEFAULT_MAX_LENGTH = 1_048_576
 DEFAULT_SHARD_GB = 4.0
 SCAN_PREFIX = "transformer/h/scan_decoder/"
@@ -98,7 +96,7 @@ class Target:
 
 
 def parameter_leaves(checkpoint: StreamingCheckpoint) -> tuple[dict[str, ArrayLeaf], bool]:
-    """The parameter leaves by "a/b/c" path, and whether the file is a train state (spec §1.6)."""
+    """The parameter leaves by "a/b/c" path, and whether the file is a train state."""
     keys = checkpoint.leaves
     train_state = any(key[0] in ("step", "opt_state") or key[:2] == ("params", "params") for key in keys)
     if train_state:
@@ -131,7 +129,9 @@ def detect_layout(params: dict[str, ArrayLeaf], train_state: bool, source: Path)
         elif norm[0] == hidden_size and norm[1] != hidden_size:
             scan_axis, num_layers = 1, norm[1]
         else:
-            raise ConversionError(f"{source}: cannot tell the layer axis of the scanned norm of shape {norm} (hidden size {hidden_size})")
+            raise ConversionError(
+                f"{source}: cannot tell the layer axis of the scanned norm of shape {norm} (hidden size {hidden_size})"
+            )
         gate = _shape(params, SCAN_PREFIX + "feed_forward/w1/kernel", 3, source)
         intermediate_size = gate[2]
     elif numbered:
@@ -161,7 +161,7 @@ def _shape(params: dict[str, ArrayLeaf], path: str, rank: int, source: Path) -> 
 
 
 def layer_flax_shapes(layout: SourceLayout) -> dict[str, tuple[int, ...]]:
-    """One layer's leaves and their Flax shapes (spec §2.3); no GQA in LWM, so q, k, v are all D x D."""
+    """One layer's leaves and their Flax shapes; no GQA in LWM, so q, k, v are all D x D."""
     d, f = layout.hidden_size, layout.intermediate_size
     return {
         "attention/wq/kernel": (d, d), "attention/wk/kernel": (d, d), "attention/wv/kernel": (d, d),
@@ -196,26 +196,31 @@ def plan_targets(params: dict[str, ArrayLeaf], layout: SourceLayout, source: Pat
         shape = flax_shape[::-1] if transform in ("transpose", "rotary") else flax_shape
         return Target(TensorSpec(name, shape, params[path].dtype), path, layer, transform)
 
-    targets = [target(name, transform, path, None, outer[path]) for path, (name, transform) in EMBEDDING_LEAVES.items() if path in outer]
+    targets = [target(name, transform, path, None, outer[path])
+               for path, (name, transform) in EMBEDDING_LEAVES.items() if path in outer]
     for i in range(layout.num_layers):
         for leaf, (name, transform) in LAYER_LEAVES.items():
             if layout.scan_axis is None:
                 targets.append(target(f"model.layers.{i}.{name}", transform, f"transformer/h/{i}/{leaf}", None, per_layer[leaf]))
             else:
                 targets.append(target(f"model.layers.{i}.{name}", transform, SCAN_PREFIX + leaf, i, per_layer[leaf]))
-    targets += [target(name, transform, path, None, outer[path]) for path, (name, transform) in OUTPUT_LEAVES.items() if path in outer]
+    targets += [target(name, transform, path, None, outer[path])
+                for path, (name, transform) in OUTPUT_LEAVES.items() if path in outer]
     return targets
 
 
 def _check_tree(params: dict[str, ArrayLeaf], expected: dict[str, tuple[int, ...]], source: Path) -> None:
     missing = sorted(set(expected) - set(params))
     unexpected = sorted(set(params) - set(expected))
-    wrong = [f"{p} {params[p].shape} (expected {expected[p]})" for p in sorted(expected) if p in params and params[p].shape != expected[p]]
+    wrong = [f"{p} {params[p].shape} (expected {expected[p]})"
+             for p in sorted(expected) if p in params and params[p].shape != expected[p]]
     floats = ("bfloat16", "float16", "float32")
     bad_dtypes = [f"{p} ({params[p].dtype})" for p in sorted(expected) if p in params and params[p].dtype not in floats]
     problems = [
         f"{label}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}"
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shapes", wrong), ("not bf16/f16/f32", bad_dtypes))
+        for label, items in (
+            ("missing", missing), ("unexpected", unexpected), ("wrong shapes", wrong), ("not bf16/f16/f32", bad_dtypes)
+        )
         if items
     ]
     if problems:
@@ -224,7 +229,7 @@ def _check_tree(params: dict[str, ArrayLeaf], expected: dict[str, tuple[int, ...
 
 def interleaved_to_half_split(kernel: np.ndarray, num_heads: int) -> np.ndarray:
     """Reorders a q/k kernel's output columns per head from LWM's RoPE pairs (2j, 2j+1) to
-    transformers' rotate_half pairs (j, j + d/2) (spec §3.3): column h·d + r·d/2 + j <- h·d + 2j + r."""
+    transformers' rotate_half pairs (j, j + d/2): column h·d + r·d/2 + j <- h·d + 2j + r."""
     return rearrange(kernel, "i (h j r) -> i (h r j)", h=num_heads, r=2)
 
 
@@ -254,7 +259,9 @@ def model_config(
 
     num_heads = num_heads or layout.hidden_size // LLAMA_HEAD_DIM
     if num_heads < 1 or layout.hidden_size % num_heads or (layout.hidden_size // num_heads) % 2:
-        raise ConversionError(f"hidden size {layout.hidden_size} does not split into {num_heads} heads of an even size (set --num-heads)")
+        raise ConversionError(
+            f"hidden size {layout.hidden_size} does not split into {num_heads} heads of an even size (set --num-heads)"
+        )
     fields = dict(
         vocab_size=layout.vocab_size, hidden_size=layout.hidden_size, intermediate_size=layout.intermediate_size,
         num_hidden_layers=layout.num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
@@ -268,7 +275,9 @@ def model_config(
             f"the vision table has {layout.vision_vocab_size} rows, too few for {num_vision_codes} codes + <eof> + <eov> "
             "(the codebook size comes from --vqgan, else --num-vision-codes)"
         )
-    return LWMConfig.from_preset("lwm-7b", **fields, vision_vocab_size=layout.vision_vocab_size, num_vision_codes=num_vision_codes)
+    return LWMConfig.from_preset(
+        "lwm-7b", **fields, vision_vocab_size=layout.vision_vocab_size, num_vision_codes=num_vision_codes
+    )
 
 
 def convert_params(
@@ -322,23 +331,17 @@ def _convert_record(checkpoint, leaf: ArrayLeaf, targets: list[Target], layout: 
         writer.write(target.spec.name, to_torch_layout(part, target.transform, num_heads))
 
 
-def convert_vqgan(vqgan_path: str, out_dir: Path) -> int:
-    """LWM's `vqgan` pickle -> `out_dir/vqgan/`; returns its codebook size (done before the long LLM part)."""
-    from lwm.convert.vqgan_pickle import convert_vqgan_pickle
-    from lwm.tokenizers.processing_lwm import VQGAN_FOLDER
-
-    return int(convert_vqgan_pickle(vqgan_path, out_dir / VQGAN_FOLDER).codebook_size)
-
-
-def write_tokenizer_and_processor(out_dir: Path, tokenizer_path: str, config, with_vqgan: bool, eov_after_every_frame: bool) -> None:
+def write_tokenizer_and_processor(
+    out_dir: Path, tokenizer_path: str, config, with_vqgan: bool, eov_after_every_frame: bool
+) -> None:
     """`tokenizer.model` + transformers tokenizer files, and with a VQGAN `processor_config.json`."""
-    from lwm.tokenizers.modeling_vqgan import VQGAN
-    from lwm.tokenizers.processing_lwm import VQGAN_FOLDER, LWMProcessor
-    from lwm.tokenizers.text import load_text_tokenizer
+    from lwm.tokenizers import VQGAN, VQGAN_FOLDER, LWMProcessor, load_text_tokenizer
 
     tokenizer = load_text_tokenizer(tokenizer_path)
     if len(tokenizer) != config.vocab_size:
-        raise ConversionError(f"{tokenizer_path} has {len(tokenizer)} pieces but the checkpoint's text table has {config.vocab_size} rows")
+        raise ConversionError(
+            f"{tokenizer_path} has {len(tokenizer)} pieces but the checkpoint's text table has {config.vocab_size} rows"
+        )
     source = Path(tokenizer_path)
     model_file = source if source.is_file() else source / "tokenizer.model"
     if model_file.is_file():
@@ -350,66 +353,63 @@ def write_tokenizer_and_processor(out_dir: Path, tokenizer_path: str, config, wi
         tokenizer.save_pretrained(out_dir)
 
 
-# ----------------------------------------------------------------------------- command line
+# ----------------------------------------------------------------------------- a whole release
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Convert an official LWM JAX release (the `params` file, a tux streaming msgpack checkpoint; "
-        "plus its `vqgan` pickle and LLaMA-2 `tokenizer.model`) into a folder that "
-        "LWMForCausalLM.from_pretrained and LWMProcessor.from_pretrained load. The file is read one "
-        "record at a time; params and train-state files, scanned and unscanned layers, bf16 and f32 "
-        "are detected from the file. Nothing is downloaded."
+@dataclass
+class ConvertedRelease:
+    """What `convert_release` wrote: the decoder's config, what the file was, and the other parts."""
+
+    config: object
+    layout: SourceLayout
+    params_path: str
+    vqgan_path: str | None
+    parts: list[str] = field(default_factory=list)  # e.g. "VQGAN with 8192 codes", "tokenizer and processor"
+
+
+def convert_release(
+    params: str,
+    out_dir: str | os.PathLike,
+    *,
+    vqgan: str | None = None,
+    tokenizer: str | None = None,
+    num_heads: int | None = None,
+    theta: float = DEFAULT_THETA,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    rms_norm_eps: float = 1e-6,
+    num_vision_codes: int = 8192,
+    eov_after_every_frame: bool = False,
+    shard_gb: float = DEFAULT_SHARD_GB,
+    progress: bool = True,
+) -> ConvertedRelease:
+    """A downloaded release (`params`, optional `vqgan` pickle, LLaMA-2 `tokenizer`) -> `out_dir`.
+
+    `params` and `vqgan` may also name the release folder that holds those files. The VQGAN goes first
+    (its codebook sizes the vision vocabulary), then the decoder, then the tokenizer and processor files.
+    """
+    from lwm.convert.vqgan_pickle import convert_vqgan_pickle
+    from lwm.tokenizers import VQGAN_FOLDER
+
+    out_dir = Path(out_dir)
+    params_path = _release_file(params, "params")
+    vqgan_path = _release_file(vqgan, "vqgan") if vqgan else None
+    for name, path in (("params", params_path), ("vqgan", vqgan_path), ("tokenizer", tokenizer)):
+        if path and not Path(path).exists():
+            raise FileNotFoundError(f"{name}: {path} not found")
+    parts = []
+    if vqgan_path:
+        num_vision_codes = int(convert_vqgan_pickle(vqgan_path, out_dir / VQGAN_FOLDER).codebook_size)
+        parts.append(f"VQGAN with {num_vision_codes} codes")
+    config, layout = convert_params(
+        params_path, out_dir, num_heads=num_heads, theta=theta, max_length=max_length, rms_norm_eps=rms_norm_eps,
+        num_vision_codes=num_vision_codes, max_shard_bytes=int(shard_gb * 1e9), progress=progress,
     )
-    parser.add_argument("--params", required=True, metavar="PATH", help="the `params` file of an LWM-Chat/LWM-Text -Jax release (or its folder)")
-    parser.add_argument("--vqgan", metavar="PATH", help="the `vqgan` pickle of the release, or its folder (vision-language models)")
-    parser.add_argument("--tokenizer", metavar="PATH", help="LLaMA-2 `tokenizer.model` (or a folder holding it)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    parser.add_argument("--theta", type=float, default=DEFAULT_THETA, help="RoPE base θ (default %(default)g, LWM's vision-language scripts; LWM-Text-128K/256K: 1e7, 512K: 2.5e7)")
-    parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="max_position_embeddings to record (default %(default)d); it sizes no weights")
-    parser.add_argument("--num-heads", type=int, default=None, help=f"attention heads (default: hidden size / {LLAMA_HEAD_DIM}, as in every LLaMA-2 size)")
-    parser.add_argument("--rms-norm-eps", type=float, default=1e-6, help="RMSNorm epsilon (default %(default)g)")
-    parser.add_argument("--num-vision-codes", type=int, default=8192, help="VQGAN codebook size when no --vqgan is given (default %(default)d)")
-    parser.add_argument("--eov-after-every-frame", action="store_true", help="processor: end every frame with <eov> as the official chat script does (default: <eof> between frames, <eov> after the last, as in training)")
-    parser.add_argument("--shard-size", type=float, default=DEFAULT_SHARD_GB, metavar="GB", help="largest safetensors shard in GB (default %(default)g)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    from lwm.convert.vqgan_pickle import VQGANPickleError
-
-    out_dir = Path(args.out)
-    params_path = _release_file(args.params, "params")
-    vqgan_path = _release_file(args.vqgan, "vqgan") if args.vqgan else None
-    notes = []
-    try:
-        for flag, path in (("--params", params_path), ("--vqgan", vqgan_path), ("--tokenizer", args.tokenizer)):
-            if path and not Path(path).exists():
-                raise FileNotFoundError(f"{flag}: {path} not found")
-        num_vision_codes = args.num_vision_codes
-        if vqgan_path:
-            num_vision_codes = convert_vqgan(vqgan_path, out_dir)
-            notes.append(f"VQGAN with {num_vision_codes} codes")
-        config, layout = convert_params(
-            params_path, out_dir, num_heads=args.num_heads, theta=args.theta, max_length=args.max_length,
-            rms_norm_eps=args.rms_norm_eps, num_vision_codes=num_vision_codes,
-            max_shard_bytes=int(args.shard_size * 1e9), progress=not args.quiet,
-        )
-        if vqgan_path and not layout.vision_vocab_size:
-            raise ConversionError(f"{params_path} is a text-only checkpoint; --vqgan does not apply")
-        if args.tokenizer:
-            write_tokenizer_and_processor(out_dir, args.tokenizer, config, bool(vqgan_path), args.eov_after_every_frame)
-            notes.append("tokenizer" + (" and processor" if vqgan_path else ""))
-    except (CheckpointFormatError, ConversionError, VQGANPickleError, FileNotFoundError, ValueError) as error:
-        print(f"lwm convert lwm-jax: {error}", file=sys.stderr)
-        return 1
-    print(f"read {params_path}: {layout.describe()}")
-    print(f"wrote {out_dir}: {type(config).__name__} (θ={config.rope_parameters['rope_theta']:g})" + "".join(f", {n}" for n in notes))
-    if not args.tokenizer:
-        print("no --tokenizer given: copy LLaMA-2's tokenizer.model into the folder before chatting")
-    if layout.vision_vocab_size and not vqgan_path:
-        print("no --vqgan given: images and videos need the release's VQGAN (lwm convert vqgan)")
-    return 0
+    if vqgan_path and not layout.vision_vocab_size:
+        raise ConversionError(f"{params_path} is a text-only checkpoint; a VQGAN does not apply")
+    if tokenizer:
+        write_tokenizer_and_processor(out_dir, tokenizer, config, bool(vqgan_path), eov_after_every_frame)
+        parts.append("tokenizer" + (" and processor" if vqgan_path else ""))
+    return ConvertedRelease(config, layout, params_path, vqgan_path, parts)
 
 
 def _release_file(path: str, name: str) -> str:

@@ -1,10 +1,11 @@
 """Read tux `StreamingCheckpointer` files (LWM's JAX checkpoints) with only `msgpack` and `numpy`.
 
-The file is a run of msgpack records `[key, value]` (spec §1.2): `key` is the parameter path as a list
+The file is a run of msgpack records `[key, value]` (docs/official-weights.md#the-params-file): `key` is
+the parameter path as a list
 of strings, `value` is a bin holding a second, complete msgpack document, flax's `to_bytes(leaf)`:
 an ndarray as ext type 1 (payload `[shape, dtype name, raw C-order bytes]`), a numpy scalar as ext
 type 3, a plain msgpack value (`step`), or, for a leaf over 2**30 bytes, a "chunked array" map
-`{"__msgpack_chunked_array__": true, "shape": {"0": ..}, "chunks": {"0": ext, ..}}` (§1.3, §1.4).
+`{"__msgpack_chunked_array__": true, "shape": {"0": ..}, "chunks": {"0": ext, ..}}`.
 
 A 7B file holds records of ~3 GB, so `msgpack.Unpacker` (which copies a record several times on the
 way to an array) is not used for values. `StreamingCheckpoint` walks the msgpack headers itself,
@@ -131,7 +132,8 @@ class StreamingCheckpoint:
                 where = f"record {record}" + (f" ({'/'.join(key)})" if key else "") + f" at byte {start}"
                 hint = ""
                 if record == 0 and not key:
-                    hint = " (a tux streaming checkpoint starts with a [key, value] msgpack pair; is this a pickle, a safetensors file or a flax_params file?)"
+                    hint = (" (a tux streaming checkpoint starts with a [key, value] msgpack pair; is this a pickle, "
+                            "a safetensors file or a flax_params file?)")
                 raise CheckpointFormatError(f"{self.path}: {where}: {problem}{hint}") from None
             record += 1
 

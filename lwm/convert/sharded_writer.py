@@ -46,7 +46,9 @@ class ShardedSafetensorsWriter:
         groups: list[list[TensorSpec]] = [[]]
         for spec in tensors:
             if spec.dtype not in SAFETENSORS_DTYPES:
-                raise ValueError(f"{spec.name}: dtype {spec.dtype} cannot be written (supported: {', '.join(SAFETENSORS_DTYPES)})")
+                raise ValueError(
+                    f"{spec.name}: dtype {spec.dtype} cannot be written (supported: {', '.join(SAFETENSORS_DTYPES)})"
+                )
             if groups[-1] and sum(t.nbytes for t in groups[-1]) + spec.nbytes > max_shard_bytes:
                 groups.append([])
             groups[-1].append(spec)
@@ -63,7 +65,8 @@ class ShardedSafetensorsWriter:
     def _create_shard(self, path: Path, group: list[TensorSpec]) -> int:
         header, offset = {}, 0
         for spec in group:
-            header[spec.name] = {"dtype": SAFETENSORS_DTYPES[spec.dtype], "shape": list(spec.shape), "data_offsets": [offset, offset + spec.nbytes]}
+            header[spec.name] = {"dtype": SAFETENSORS_DTYPES[spec.dtype], "shape": list(spec.shape),
+                                 "data_offsets": [offset, offset + spec.nbytes]}
             offset += spec.nbytes
         header["__metadata__"] = {"format": "pt"}
         encoded = json.dumps(header, separators=(",", ":")).encode()
@@ -88,7 +91,9 @@ class ShardedSafetensorsWriter:
         if name not in self._pending:
             raise ValueError(f"{name} was already written")
         if tuple(array.shape) != spec.shape or array.nbytes != spec.nbytes:
-            raise ValueError(f"{name}: got shape {tuple(array.shape)} ({array.nbytes:,} bytes), planned {spec.shape} ({spec.nbytes:,} bytes)")
+            raise ValueError(
+                f"{name}: got shape {tuple(array.shape)} ({array.nbytes:,} bytes), planned {spec.shape} ({spec.nbytes:,} bytes)"
+            )
         fd, offset = self._location[name]
         row_bytes = array.nbytes // len(array)
         rows_per_block = max(1, BLOCK_BYTES // row_bytes)

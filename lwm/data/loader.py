@@ -9,8 +9,8 @@ and an exact, resumable position.
   seeded by (seed, draw number). All data-parallel ranks pick the same tasks in the same order, and
   rank r of W takes positions r, r + W, r + 2W, ... of the task's stream: the ranks' examples are
   disjoint and together cover every epoch.
-- `PackedLoader` packs the stream into rows (lwm.data.packing) and batches them; with sequence
-  parallelism it returns this rank's zigzag shard of each row.
+- `PackedLoader` packs the stream into whole rows (lwm.data.packing) and batches them; the ranks of a
+  sequence-parallel group get the same rows, which the trainer cuts into their shards (lwm.parallel).
 - `state_dict()`/`load_state_dict()` hold a few counters, the packer's open rows (as example keys)
   and the rows not yet batched, so a restored loader continues with exactly the batches an
   uninterrupted one would have produced.
@@ -24,12 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from lwm.data.packing import IGNORE_INDEX, Overlong, RowPlanner, pack_row, stack_rows
+from lwm.data.packing import Overlong, RowPlanner, pack_row, stack_rows
 from lwm.data.tokenize import FORMAT, INDEX_NAME, VERSION
-from lwm.model.modeling_lwm import vision_grid_ids_of
-from lwm.parallel import chunks_per_sequence, rank_chunks
 
 
 class TokenizedDataset:
@@ -46,7 +43,6 @@ class TokenizedDataset:
         if self.index.get("format") != FORMAT or self.index.get("version") != VERSION:
             raise ValueError(f"{index_path}: not a {FORMAT} v{VERSION} index")
         self.text_vocab_size = int(self.index["text_vocab_size"])
-        self.codebook_size = int(self.index["codebook_size"])
         self._ids, self._masks, self._offsets, tasks = [], [], [], []
         for shard in self.index["shards"]:
             folder = directory / shard["path"]
@@ -132,10 +128,7 @@ class PackedLoader:
     """Endless batches of packed rows `[batch_size, seq_len]` for one data-parallel rank.
 
     Each batch holds `input_ids`, `labels`, `loss_weights`, `segment_ids`, `position_ids` (see
-    lwm.data.packing). With `sp_size > 1` the rows are cut for sequence parallelism: this rank gets
-    zigzag chunks r and 2W-1-r of 2W, and `labels` is replaced by `shift_labels` (the next token,
-    computed on the whole row, because it may live on another rank) with `loss_weights` aligned to it,
-    and `vision_grid_ids` (each code's place in its frame, which a shard cannot count) is added.
+    lwm.data.packing), whole rows.
     """
 
     def __init__(
@@ -148,19 +141,14 @@ class PackedLoader:
         task_weights: dict[str, float] | None = None,
         dp_rank: int = 0,
         dp_size: int = 1,
-        sp_rank: int = 0,
-        sp_size: int = 1,
         overlong: Overlong = "truncate",
         open_rows: int = 4,
+        train_prompt_vision: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if sp_size > 1 and seq_len % (2 * sp_size):
-            raise ValueError(f"seq_len {seq_len} must be divisible by 2 * sp_size = {2 * sp_size} for zigzag shards")
-        if not 0 <= sp_rank < sp_size:
-            raise ValueError(f"sp_rank must lie in [0, {sp_size}), got {sp_rank}")
         self.dataset, self.seq_len, self.batch_size = dataset, seq_len, batch_size
-        self.sp_rank, self.sp_size = sp_rank, sp_size
+        self.train_prompt_vision = train_prompt_vision
         self.stream = ExampleStream(dataset.tasks, task_weights, seed, dp_rank, dp_size)
         self.planner = RowPlanner(seq_len, overlong, open_rows)
         self.ready: list[list[tuple[int, int]]] = []  # closed rows not yet batched
@@ -174,20 +162,15 @@ class PackedLoader:
             key = next(self.stream)
             self.ready += self.planner.add(key, int(self.dataset.lengths[key]))
         rows, self.ready = self.ready[: self.batch_size], self.ready[self.batch_size :]
-        batch = stack_rows([self._materialize(row) for row in rows])
         self.batches += 1
-        if self.sp_size > 1:  # a shard cannot count its codes' places in their frames: count them on the whole row
-            batch["vision_grid_ids"] = vision_grid_ids_of(batch["input_ids"], self.dataset.text_vocab_size,
-                                                          self.dataset.codebook_size)
-            batch = sequence_parallel_shard(batch, self.sp_rank, self.sp_size)
-        return batch
+        return stack_rows([self._materialize(row) for row in rows])
 
     def _materialize(self, row: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
         examples = []
         for key, length in row:
             ids, mask = self.dataset[key]
             examples.append((ids[:length], mask[:length]))
-        return pack_row(examples, self.seq_len, self.dataset.text_vocab_size)
+        return pack_row(examples, self.seq_len, self.dataset.text_vocab_size, self.train_prompt_vision)
 
     def state_dict(self) -> dict:
         return {
@@ -202,31 +185,3 @@ class PackedLoader:
         self.planner.load_state_dict(state["planner"])
         self.ready = [[(int(key), int(length)) for key, length in row] for row in state["ready"]]
         self.batches = int(state["batches"])
-
-
-def zigzag_shard_local(tensor: torch.Tensor, rank: int, world: int, dim: int = -1) -> torch.Tensor:
-    """Chunks `rank` and `2*world - 1 - rank` of `2*world` equal chunks along `dim` (causal load balance).
-
-    The chunk layout is `lwm.parallel`'s; unlike `lwm.parallel.zigzag_shard` this needs no process
-    group, since the loader knows its sp rank.
-    """
-    length, pieces = tensor.shape[dim], chunks_per_sequence("zigzag", world)
-    if length % pieces:
-        raise ValueError(f"length {length} is not divisible by 2 * world = {pieces}")
-    chunks = tensor.chunk(pieces, dim)
-    return torch.cat([chunks[index] for index in rank_chunks("zigzag", rank, world)], dim)
-
-
-def sequence_parallel_shard(batch: dict[str, torch.Tensor], rank: int, world: int) -> dict[str, torch.Tensor]:
-    """One sp rank's zigzag view of a packed batch; the labels are shifted on the whole row first.
-
-    With `world == 1` this only aligns the targets (`shift_labels`) and leaves the rows whole.
-    """
-    shifted = dict(batch)
-    labels = shifted.pop("labels")
-    crosses = F.pad(batch["segment_ids"][:, 1:] != batch["segment_ids"][:, :-1], (0, 1), value=True)
-    shifted["shift_labels"] = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).masked_fill(crosses, IGNORE_INDEX)
-    shifted["loss_weights"] = F.pad(batch["loss_weights"][:, 1:], (0, 1), value=0.0).masked_fill(crosses, 0.0)
-    if world == 1:
-        return shifted
-    return {key: zigzag_shard_local(value, rank, world) for key, value in shifted.items()}

@@ -21,6 +21,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lwm.tokenizers import CAPTION_REQUESTS, GENERATION_REQUESTS, SYSTEM_PROMPT
+
 KINDS = ("text", "image", "video", "messages")
 DIRECTIONS = ("both", "understanding", "generation", "unconditional")
 _OPTIONAL = {"task", "direction"}
@@ -80,7 +82,8 @@ def parse_record(line: str, number: int, root: Path) -> Record:
     unknown = sorted(set(data) - _FIELDS[kind] - _OPTIONAL)
     missing = sorted(required - set(data))
     if unknown or missing:
-        raise ManifestError(f"line {number}: a {kind} record " + (f"lacks {missing}" if missing else f"has unknown fields {unknown}"))
+        problem = f"lacks {missing}" if missing else f"has unknown fields {unknown}"
+        raise ManifestError(f"line {number}: a {kind} record {problem}")
     task = data.get("task", "chat" if kind == "messages" else kind)
     if not isinstance(task, str) or not task:
         raise ManifestError(f"line {number}: task must be a non-empty string")
@@ -130,3 +133,24 @@ def _resolve_messages(messages, number: int, root: Path) -> list[dict]:
             parts.append(part)
         resolved.append({**message, "content": parts})
     return resolved
+
+
+def manifest_texts(path: str | os.PathLike) -> list[str]:
+    """The texts of a manifest's records as the model will read and write them (a text tokenizer's corpus).
+
+    Captioned media also gets the processor's request ("Describe the video.", "Generate a video of
+    ...") and every record the chat template's words, as the model sees them around the texts.
+    """
+    texts = []
+    for record in read_manifest(path):
+        data = record.data
+        texts.append(f"{SYSTEM_PROMPT} USER: ASSISTANT: <vision> </vision>")
+        texts += [data[key] for key in ("text", "caption") if key in data]
+        if "caption" in data:
+            kind = "image" if "image" in data else "video"
+            texts += [CAPTION_REQUESTS[kind], GENERATION_REQUESTS[kind].format(data["caption"])]
+        for message in data.get("messages", []):
+            content = message["content"]
+            parts = [content] if isinstance(content, str) else [part.get("text", "") for part in content]
+            texts += [part for part in parts if part]
+    return texts

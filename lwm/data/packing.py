@@ -34,6 +34,10 @@ the weights are counted over each document's positions 1..n-1 — exactly the ta
 
 Examples longer than L are truncated to L (`overlong="truncate"`) or dropped (`"drop"`); the planner
 counts both.
+
+With `train_prompt_vision`, the vision tokens of prompts (a video asked about, a continuation's given
+frames) are trained too: every video in the data becomes next-frame prediction, which a world model
+learns its dynamics from, while an answer's loss stays what it was (text and vision are averaged apart).
 """
 
 from __future__ import annotations
@@ -44,13 +48,15 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100
+from lwm.model.targets import IGNORE_INDEX
+
 PAD_ID = 0
 Overlong = Literal["truncate", "drop"]
 
 
 def pack_row(
-    examples: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int, text_vocab_size: int
+    examples: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int, text_vocab_size: int,
+    train_prompt_vision: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Pack `(input_ids, loss_mask)` examples (total length <= seq_len) into one row of `seq_len`."""
     total = sum(len(ids) for ids, _ in examples)
@@ -66,11 +72,11 @@ def pack_row(
         if len(ids) != len(mask):
             raise ValueError(f"example {document - 1}: {len(ids)} ids but {len(mask)} loss-mask entries")
         end = start + len(ids)
-        trained = np.asarray(mask, dtype=bool).copy()
+        is_vision = np.asarray(ids) >= text_vocab_size
+        trained = np.asarray(mask, dtype=bool) | (is_vision & train_prompt_vision)
         trained[0] = False  # a document's first token is predicted by nothing in it
         input_ids[start:end] = ids
         labels[start:end] = np.where(trained, ids, IGNORE_INDEX)
-        is_vision = np.asarray(ids) >= text_vocab_size
         for in_modality in (trained & ~is_vision, trained & is_vision):
             count = int(in_modality.sum())
             if count:

@@ -1,7 +1,7 @@
 """Needle retrieval against context length: 1x, 2x, 4x the trained length, with RoPE θ scaling, on one
 process and across 2 ring ranks.
 
-Each example is `lwm.data.needle.make_example` at a held-out seed: a haystack with one needle at a
+Each example is `lwm.world.needles.make_example` at a held-out seed: a haystack with one needle at a
 depth, asked as one user message (the layout `NeedleExample.to_record` trains). The model answers
 greedily, text only; an answer is right when its first number is the needle's (`is_correct`).
 Lengths count the whole prompt in tokens plus the answer's budget, so an example of length L fits
@@ -17,7 +17,7 @@ it, by the factor s = length / trained length:
 
 At 1x every scaling is the trained RoPE, so it is measured once. Across ranks, the model runs with
 `attn_implementation="ring"` in 2 gloo processes: the prompt is prefilled with ring attention and
-decoded with the KV cache sharded (`lwm.parallel.generate_sharded`); the report gives its accuracy
+decoded with the KV cache sharded (`answer` with a `SequenceParallel`); the report gives its accuracy
 and how often its answer equals the one-process answer.
 """
 
@@ -34,10 +34,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lwm.data import needle, world
-from lwm.generation.logits_process import TextOnlyLogitsProcessor
-from lwm.generation.sampling import GREEDY, iter_tokens
-from lwm.parallel import free_local_port
+from lwm.generation import GREEDY, TextOnlyLogitsProcessor, iter_tokens
+from lwm.parallel import SequenceParallel, free_local_port
+from lwm.world import needles, split_seeds
 
 ROPE_SCALINGS: tuple[str, ...] = ("none", "ntk", "linear")
 RING_RANKS = 2
@@ -113,7 +112,7 @@ def _set_rope(model, rope: dict) -> None:
     model.model.rotary_emb = type(rotary)(config=model.config).to(rotary.inv_freq.device)
 
 
-def prompt_ids(processor, example: needle.NeedleExample) -> list[int]:
+def prompt_ids(processor, example: needles.NeedleExample) -> list[int]:
     """The example as a one-message chat ending with the assistant prompt."""
     message = {"role": "user", "content": [{"type": "text", "text": example.prompt}]}
     return processor.apply_chat_template([message], add_generation_prompt=True)["input_ids"].tolist()
@@ -124,25 +123,25 @@ def token_counter(processor, max_new_tokens: int):
 
     The question is the one with the longest key, so any example counted this way fits.
     """
-    questions = [needle.QUESTION.format(key=key) for key in needle.KEYS]
+    questions = [needles.QUESTION.format(key=key) for key in needles.KEYS]
     longest = max(questions, key=lambda question: len(processor.encode_text(question)))
 
     def count(context: str) -> int:
-        example = needle.NeedleExample(context, longest, "", ())
+        example = needles.NeedleExample(context, longest, "", ())
         return len(prompt_ids(processor, example)) + max_new_tokens
 
     return count
 
 
-def examples(processor, config: NeedleEvalConfig) -> list[tuple[int, float, needle.NeedleExample]]:
+def examples(processor, config: NeedleEvalConfig) -> list[tuple[int, float, needles.NeedleExample]]:
     """(multiple, depth, example) for every multiple x depth x held-out seed."""
     count = token_counter(processor, config.max_new_tokens)
-    seeds = world.split_seeds("held_out", config.seeds)
+    seeds = split_seeds("held_out", config.seeds)
     found = []
     for multiple in config.multiples:
         length = multiple * config.trained_length
         try:
-            swept = needle.sweep([length], config.depths, seeds, count, digits=config.digits)
+            swept = needles.sweep([length], config.depths, seeds, count, digits=config.digits)
         except ValueError as error:
             raise ValueError(f"needle examples of {length} tokens: {error}") from None
         found += [(multiple, depth, example) for _, depth, example in swept]
@@ -156,10 +155,13 @@ def settings(config: NeedleEvalConfig) -> list[Setting]:
 
 
 @torch.no_grad()
-def answer(model, processor, ids: list[int], max_new_tokens: int) -> str:
-    """The greedy text reply to a prompt, up to the end of the turn."""
+def answer(model, processor, ids: list[int], max_new_tokens: int,
+           sequence_parallel: SequenceParallel | None = None) -> str:
+    """The greedy text reply to a prompt, up to the end of the turn (with `sequence_parallel`, decoded
+    with the KV cache sharded over its group; every rank gets the same reply)."""
     tokens = iter_tokens(model, torch.tensor(ids, device=model.device), schedule=[(max_new_tokens, GREEDY)],
-                         processors=[TextOnlyLogitsProcessor(processor.text_vocab_size)])
+                         processors=[TextOnlyLogitsProcessor(processor.text_vocab_size)],
+                         sequence_parallel=sequence_parallel)
     reply = []
     for token in tokens:
         if int(token[0]) == processor.eos_token_id:
@@ -215,7 +217,7 @@ def evaluate_needle(model, processor, config: NeedleEvalConfig, model_dir: str |
         "trained_length": config.trained_length,
         "lengths": [m * config.trained_length for m in config.multiples],
         "depths": list(config.depths),
-        "seeds": list(world.split_seeds("held_out", config.seeds)),
+        "seeds": list(split_seeds("held_out", config.seeds)),
         "rope": {row.name: scaled_rope(base_rope, row.scaling, row.multiple, head_dim) for row in rows if row.ranks == 1},
         "cells": cells,
         "samples": samples,
@@ -245,11 +247,9 @@ def run_ring(model_dir: str | os.PathLike, jobs: list[dict], max_new_tokens: int
 
 def _ring_rank(rank, world_size, port, model_dir, jobs, max_new_tokens, result_path, timeout_s):
     import torch.distributed as dist
-    from transformers import LogitsProcessorList
 
     from lwm.model import LWMForCausalLM
-    from lwm.parallel import generate_sharded
-    from lwm.tokenizers.processing_lwm import LWMProcessor
+    from lwm.tokenizers import LWMProcessor
 
     torch.set_num_threads(1)  # the ranks share the machine's cores
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # all ranks are local; the hostname may not resolve
@@ -258,18 +258,11 @@ def _ring_rank(rank, world_size, port, model_dir, jobs, max_new_tokens, result_p
     try:
         model = LWMForCausalLM.from_pretrained(model_dir, attn_implementation="ring").eval()
         processor = LWMProcessor.from_pretrained(model_dir)
-        text_only = LogitsProcessorList([TextOnlyLogitsProcessor(processor.text_vocab_size)])
         replies = []
         for job in jobs:
             with rope_parameters(model, job["rope"]):
-                job_replies = []
-                for ids in job["prompts"]:
-                    sequence = generate_sharded(model, torch.tensor([ids]), max_new_tokens, logits_processor=text_only,
-                                                eos_token_id=processor.eos_token_id)
-                    new = sequence[0, len(ids):].tolist()
-                    new = new[: new.index(processor.eos_token_id)] if processor.eos_token_id in new else new
-                    job_replies.append(processor.tokenizer.decode(new, skip_special_tokens=True))
-                replies.append(job_replies)
+                replies.append([answer(model, processor, ids, max_new_tokens, SequenceParallel())
+                                for ids in job["prompts"]])
         if rank == 0:
             Path(result_path).write_text(json.dumps(replies))
     finally:

@@ -87,14 +87,14 @@ def evaluate_reconstruction(model, pixels: torch.Tensor, batch_size: int = 32, p
     """
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    codes, reconstructions = [], []
-    for chunk in tqdm(pixels.split(batch_size), desc="evaluating", disable=not progress):
-        chunk_codes = model.encode(chunk.to(device))
-        codes.append(chunk_codes.cpu())
-        reconstructions.append(model.decode(chunk_codes).cpu())
+    if model.temporal_compression > 1:
+        if clip_lengths is None:
+            raise ValueError("a VQGAN with temporal compression codes clips: pass their clip_lengths")
+        pixels, codes, reconstruction, grid_pixels, clip_lengths = _reconstruct_clips(model, pixels, clip_lengths, progress)
+    else:
+        codes, reconstruction = _reconstruct_frames(model, pixels, batch_size, progress)
+        grid_pixels = pixels
     model.train(was_training)
-    codes, reconstruction = torch.cat(codes), torch.cat(reconstructions)
     usage, perplexity = codebook_usage(codes, model.codebook_size)
     metrics = {
         "frames": len(pixels),
@@ -104,8 +104,39 @@ def evaluate_reconstruction(model, pixels: torch.Tensor, batch_size: int = 32, p
         "perplexity": perplexity,
     }
     if clip_lengths is not None:
-        metrics["code_stability"] = code_stability(codes, pixels, clip_lengths)
+        metrics["code_stability"] = code_stability(codes, grid_pixels, clip_lengths)
     return metrics
+
+
+def _reconstruct_frames(model, pixels: torch.Tensor, batch_size: int, progress: bool):
+    device = next(model.parameters()).device
+    codes, reconstructions = [], []
+    for chunk in tqdm(pixels.split(batch_size), desc="evaluating", disable=not progress):
+        chunk_codes = model.encode(chunk.to(device))
+        codes.append(chunk_codes.cpu())
+        reconstructions.append(model.decode(chunk_codes).cpu())
+    return torch.cat(codes), torch.cat(reconstructions)
+
+
+def _reconstruct_clips(model, pixels: torch.Tensor, clip_lengths: list[int], progress: bool):
+    """Each clip, cut to the 1 + k·n frames a temporally compressing VQGAN codes, through the model.
+
+    Returns the frames kept, the codes `[grids, h, w]`, the reconstruction, the pixels each grid codes
+    (its k frames stacked along the channels, the first frame repeated in front as the encoder sees it)
+    and the clips' lengths in grids.
+    """
+    k, device = model.temporal_compression, next(model.parameters()).device
+    kept, codes, reconstructions, grid_pixels = [], [], [], []
+    for clip in tqdm(pixels.split(clip_lengths), desc="evaluating", disable=not progress):
+        clip = clip[: 1 + (len(clip) - 1) // k * k]
+        clip_codes = model.encode(clip[None].to(device))
+        kept.append(clip)
+        codes.append(clip_codes[0].cpu())
+        reconstructions.append(model.decode(clip_codes)[0].cpu())
+        padded = torch.cat([clip[:1].expand(k - 1, -1, -1, -1), clip])
+        grid_pixels.append(rearrange(padded, "(t k) c h w -> t (k c) h w", k=k))
+    return (torch.cat(kept), torch.cat(codes), torch.cat(reconstructions), torch.cat(grid_pixels),
+            [len(c) for c in codes])
 
 
 def format_metrics(metrics: dict) -> str:

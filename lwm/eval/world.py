@@ -32,10 +32,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from lwm import media
-from lwm.data import judge, world
+from lwm import media, world
 from lwm.eval.reconstruction import evaluate_reconstruction
-from lwm.tokenizers.processing_lwm import CAPTION_REQUESTS
+from lwm.generation import FrameLayout
+from lwm.tokenizers import CAPTION_REQUESTS
+from lwm.world import judge
 
 WORLD_TASKS: tuple[str, ...] = ("video_qa", "conversation", "caption", "text_to_image", "text_to_video", "continuation",
                                 "tokenizer")
@@ -45,12 +46,12 @@ SAMPLES_KEPT = 4  # examples of prompts and outputs kept in the report per task
 @dataclass(frozen=True)
 class WorldEvalConfig:
     seeds: int = 20  # held-out clips per task (the first `seeds` of split_seeds("held_out"))
-    video_frames: int = 8  # frames drawn per text -> video prompt
+    video_frames: int = 4  # frames drawn per text -> video prompt (the world's text -> video examples show 4)
     context_frames: int = 4  # frames shown before a continuation
     continuation_frames: int = 4  # frames the model continues with
     answer_tokens: int = 16
     caption_tokens: int = 96
-    temperature: float = 1.0  # of the drawing tasks (0: greedy); text is always greedy
+    temperature: float | None = None  # of the drawing tasks (0: greedy; None: the model's); text is always greedy
     grid_samples: int = 4  # generated videos drawn in each task's PNG grid
 
     def __post_init__(self):
@@ -61,7 +62,7 @@ class WorldEvalConfig:
         if self.context_frames + self.continuation_frames > world.WorldConfig().min_frames:
             raise ValueError(f"context_frames + continuation_frames must be at most {world.WorldConfig().min_frames}, "
                              "the length of the shortest world clip")
-        if self.temperature < 0:
+        if self.temperature is not None and self.temperature < 0:
             raise ValueError(f"temperature must be 0 (greedy) or positive, got {self.temperature}")
 
 
@@ -82,9 +83,10 @@ class Subject(Protocol):
 
 
 class LWMSubject:
-    """An `LWM` as the harness sees it: the public API, text greedy, drawing at `temperature` with a seed."""
+    """An `LWM` as the harness sees it: the public API, text greedy, drawing at `temperature` (None: as
+    the model draws by default) with a seed."""
 
-    def __init__(self, lwm, temperature: float = 1.0):
+    def __init__(self, lwm, temperature: float | None = None):
         self.lwm = lwm
         self.temperature = temperature
 
@@ -118,6 +120,26 @@ class LWMSubject:
 
     def continue_video(self, frames: np.ndarray, num_frames: int, seed: int) -> np.ndarray:
         return self.lwm.continue_video(frames, num_frames=num_frames, temperature=self.temperature, seed=seed).frames
+
+    def teacher_forced(self, frames: np.ndarray, future: np.ndarray) -> np.ndarray:
+        """The continuation the model predicts given the true past at every code (`teacher_forced_codes`), decoded."""
+        given = torch.from_numpy(self._encoded(frames)["codes"])
+        truth = torch.from_numpy(self.lwm.processor.encode_media({"type": "video", "frames": future}))
+        return self.lwm._decode_codes(teacher_forced_codes(self.lwm, given, truth))
+
+
+@torch.no_grad()
+def teacher_forced_codes(lwm, given: torch.Tensor, future: torch.Tensor) -> torch.LongTensor:
+    """The argmax code at each position of the `future` codes `[frames, h, w]` after the continuation
+    prompt of the `given` ones, read in one forward pass: what the model predicts from the true past."""
+    layout = FrameLayout.from_config(lwm.model.config, lwm.processor.codes_per_frame)
+    prompt = lwm.continuation_prompt(given)
+    future_ids = layout.frame_ids(future, last_delimiter=layout.eov_token_id)
+    logits = lwm.model(torch.cat([prompt, future_ids])[None].to(lwm.device)).logits[0]
+    # position p predicts the id at p + 1: the future's ids are predicted from the one before each
+    codes = logits[len(prompt) - 1 : len(prompt) - 1 + len(future_ids),
+                   layout.first_code_id : layout.first_code_id + layout.num_codes].argmax(-1)
+    return codes.unflatten(0, (len(future), layout.frame_length))[:, :-1].unflatten(-1, future.shape[-2:]).cpu()
 
 
 @dataclass
@@ -271,15 +293,33 @@ def evaluate_text_to_video(subject: Subject, clips: list[world.Clip], config: Wo
     return TaskResult({**_judged(scores), "seeds": [clip.seed for clip in clips], "samples": samples}, grid)
 
 
+def code_agreement(vqgan, frames: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per frame, the share of codes that `frames` and the true frames get from the VQGAN."""
+    codes = [vqgan.encode_video(media.preprocess(x, vqgan.config.resolution).to(next(vqgan.parameters()).device))
+             for x in (frames, truth)]
+    return (codes[0] == codes[1]).float().flatten(1).mean(1).cpu().numpy()
+
+
 def evaluate_continuation(subject: Subject, clips: list[world.Clip], config: WorldEvalConfig,
-                          progress: bool = False) -> TaskResult:
+                          progress: bool = False, vqgan=None) -> TaskResult:
+    """Direction kept and trajectory error of the drawn continuations, beside repeating the last given
+    frame. With the VQGAN and a subject that can be teacher-forced, also what the model predicts given
+    the true past at every code (`teacher_forced.*`), and per future frame the share of codes its
+    free-running and teacher-forced continuations (and the repeated last frame) share with the truth
+    (`*.code_agreement@k`), both read back through the VQGAN so the two are measured alike."""
     scores, static, samples, grid = [], [], [], []
+    forced_scores, agreement = [], defaultdict(list)
     for clip in tqdm(clips, desc="continuation", disable=not progress):
         context, future = continuation_case(clip, config)
         frames = subject.continue_video(context.frames, config.continuation_frames, seed=clip.seed)
         scores.append(score_continuation(frames, future))
         still = np.repeat(context.frames[-1:], config.continuation_frames, axis=0)
         static.append(score_continuation(still, future))
+        if vqgan is not None and hasattr(subject, "teacher_forced"):
+            forced = subject.teacher_forced(context.frames, future.frames)
+            forced_scores.append(score_continuation(forced, future))
+            for name, drawn in (("free_running", frames), ("teacher_forced", forced), ("static_baseline", still)):
+                agreement[name].append(code_agreement(vqgan, drawn, future.frames))
         if len(samples) < SAMPLES_KEPT:
             samples.append({"seed": clip.seed, "trajectory_error": scores[-1].trajectory_error,
                             "found": scores[-1].found, "direction_kept": scores[-1].direction_kept})
@@ -293,6 +333,12 @@ def evaluate_continuation(subject: Subject, clips: list[world.Clip], config: Wor
         "found": float(np.mean([s.found for s in scores])),
         "static_baseline.trajectory_error": _nanmean([s.trajectory_error for s in static]),
     }
+    if forced_scores:  # what the model knows given the true past, beside what it draws from its own samples
+        metrics["teacher_forced.direction_kept"] = float(np.mean([s.direction_kept for s in forced_scores]))
+        metrics["teacher_forced.trajectory_error"] = _nanmean([s.trajectory_error for s in forced_scores])
+        for name, per_clip in agreement.items():
+            for frame, value in enumerate(np.mean(per_clip, axis=0), 1):
+                metrics[f"{name}.code_agreement@{frame}"] = float(value)
     summary = {"metrics": metrics, "count": len(scores), "context_frames": config.context_frames,
                "continuation_frames": config.continuation_frames, "seeds": [clip.seed for clip in clips],
                "samples": samples}
@@ -340,6 +386,8 @@ def evaluate_world(subject: Subject, tasks: list[str], config: WorldEvalConfig, 
         start = time.perf_counter()
         if task == "tokenizer":
             results[task] = evaluate_tokenizer(vqgan, clips, progress=progress)
+        elif task == "continuation":
+            results[task] = evaluate_continuation(subject, clips, config, progress, vqgan=vqgan)
         else:
             results[task] = runners[task](subject, clips, config, progress)
         results[task].seconds = time.perf_counter() - start

@@ -1,6 +1,6 @@
 """Logits processors that keep generation inside LWM's token layout.
 
-One id space (DESIGN.md): text ids are [0, V), vision code c is V + c, `<eof>` is V + K and
+One id space (docs/architecture.md#the-token-layout): text ids are [0, V), vision code c is V + c, `<eof>` is V + K and
 `<eov>` V + K + 1; ids from V + K + 2 up to V + vision_vocab_size are reserved and never valid.
 Every constraint here allows one contiguous id interval per row, so each is a single comparison
 against `arange(width)`, and rows of one batch may sit at different stages.

@@ -1,11 +1,11 @@
-"""A decode loop with batched classifier-free guidance, over the model and its KV cache.
+"""The one decode loop: batched classifier-free guidance over the model and its KV cache.
 
 Guidance needs the conditional and the unconditional row of a prompt to receive the *same*
 sampled token, which `generate()` cannot do (it samples every row on its own). So this loop runs
 both in one forward, batch = [conditional rows; unconditional rows], left-padded to one length
 with an attention mask, and at each step:
 
-    guided = uncond + s · (cond - uncond)          on the raw logits (LWM, spec §5.4)
+    guided = uncond + s · (cond - uncond)          on the raw logits (LWM's; docs/architecture.md)
     scores = warpers(processors(guided))           constraints, then temperature, top-k, top-p
     token  = argmax or a draw with the caller's torch.Generator
     append token to the conditional row and to its unconditional row
@@ -13,6 +13,10 @@ with an attention mask, and at each step:
 A generation may change settings part-way (LWM's video: the first frame with image settings, the
 rest with video settings) through a `schedule` of (number of tokens, `SamplingConfig`) phases on one
 cache. Once no remaining phase is guided, the unconditional rows leave the batch and the cache.
+
+The model runs one step at a time through `CachedSteps` (one process, its own cache) or, for a prompt
+too long for one rank, `ShardedSteps` (the cache spread over a sequence-parallel group, see
+lwm.generation.sharded); `generate_sharded` runs the latter to a whole answer.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from transformers import (
     TopPLogitsWarper,
 )
 from transformers.cache_utils import DynamicCache
+
+from lwm.generation.sharded import ShardedSteps
+from lwm.parallel import SequenceParallel
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,50 @@ def choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | N
     return torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
 
 
+class CachedSteps:
+    """The model's next-token logits on this process, its KV cache growing by the chosen token each step.
+
+    With `unconditional` rows (guidance), the batch is [conditional rows; unconditional rows], left-padded
+    to one length, and every chosen token is fed to both branches of its row. The decode loop drives it
+    through `next_logits`, `agree` and `feed`, as it drives `ShardedSteps`.
+    """
+
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, unconditional=None):
+        self.model, self.batch = model, input_ids.shape[0]
+        rows, mask = input_ids, attention_mask
+        if unconditional is not None:
+            rows, mask = _stack_left_padded((input_ids, attention_mask), unconditional, model.config.pad_token_id or 0)
+        self.branches = rows.shape[0] // self.batch  # 2 with guidance
+        self.cache = DynamicCache(config=model.config)
+        self.pending, self.mask = rows, mask
+        self.places = model.grid_ids_of(input_ids)  # each token's place in its frame, for a model with a grid
+
+    @property
+    def guided(self) -> bool:
+        return self.branches == 2
+
+    def next_logits(self) -> torch.Tensor:
+        """[rows, vocabulary] logits after what was fed last (the whole prompt at first)."""
+        places = self.places.repeat(self.branches, 1) if self.places is not None and self.cache.get_seq_length() else None
+        output = self.model(self.pending, attention_mask=self.mask, cache=self.cache, use_cache=True, logits_to_keep=1,
+                            vision_grid_ids=places)
+        return output.logits[:, -1].float()
+
+    def agree(self, tokens: torch.LongTensor) -> torch.LongTensor:
+        """The tokens every row continues with: on one process, the ones chosen here."""
+        return tokens
+
+    def feed(self, tokens: torch.LongTensor) -> None:
+        self.places = self.model.advance_grid_ids(self.places, tokens[:, None])
+        self.pending = tokens.repeat(self.branches)[:, None]
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+
+    def drop_unconditional(self) -> None:
+        """Once no phase is guided any more, the unconditional rows leave the batch and the cache."""
+        self.cache.batch_select_indices(torch.arange(self.batch, device=self.mask.device))
+        self.branches, self.mask, self.pending = 1, self.mask[: self.batch], self.pending[: self.batch]
+
+
 @torch.no_grad()
 def iter_tokens(
     model,
@@ -153,6 +204,7 @@ def iter_tokens(
     unconditional_ids: torch.Tensor | None = None,
     unconditional_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    sequence_parallel: SequenceParallel | None = None,
 ) -> Iterator[torch.LongTensor]:
     """Yields the next id of every row ([batch]), step by step (stop early by closing the iterator).
 
@@ -161,6 +213,8 @@ def iter_tokens(
     processors: applied to the guided logits, seeing the conditional rows' ids (prompt + generated).
     unconditional_ids / unconditional_mask: the unconditional prompt ([length], shared by all rows,
         or [batch, length]); required when a phase is guided.
+    sequence_parallel: the KV cache is sharded over this group (`ShardedSteps`, a model with
+        attn_implementation="ring"); every rank passes the same unpadded prompt and gets the same ids.
     """
     input_ids, attention_mask = as_batch(input_ids, attention_mask)
     batch = input_ids.shape[0]
@@ -170,34 +224,30 @@ def iter_tokens(
     guided_phases = [index for index, (count, sampling) in enumerate(schedule) if count and sampling.guided]
     if guided_phases and unconditional_ids is None:
         raise ValueError("a guided phase (guidance_scale != 1) needs unconditional_ids")
-    rows, mask = input_ids, attention_mask
-    if guided_phases:
-        unconditional_mask = None if unconditional_mask is None else unconditional_mask.to(input_ids.device)
-        unconditional = as_batch(unconditional_ids.to(input_ids.device), unconditional_mask, batch)
-        rows, mask = _stack_left_padded((input_ids, attention_mask), unconditional, model.config.pad_token_id or 0)
-    branches = rows.shape[0] // batch  # 2 with guidance: [conditional rows; unconditional rows]
+    if sequence_parallel is not None:
+        if guided_phases or not bool(attention_mask.all()):
+            raise ValueError("sharded decoding takes unpadded prompts and no guidance")
+        steps = ShardedSteps(model, input_ids, sequence_parallel)
+    else:
+        unconditional = None
+        if guided_phases:
+            unconditional_mask = None if unconditional_mask is None else unconditional_mask.to(input_ids.device)
+            unconditional = as_batch(unconditional_ids.to(input_ids.device), unconditional_mask, batch)
+        steps = CachedSteps(model, input_ids, attention_mask, unconditional)
     processors = LogitsProcessorList(processors)
-    cache = DynamicCache(config=model.config)
-    history, step_ids = input_ids, rows
-    places = model.grid_ids_of(input_ids)  # each token's place in its frame, for a model with a grid
+    history = input_ids
     for phase, (num_tokens, sampling) in enumerate(schedule):
-        if branches == 2 and phase > guided_phases[-1]:
-            cache.batch_select_indices(torch.arange(batch, device=rows.device))
-            branches, mask, step_ids = 1, mask[:batch], step_ids[:batch]
+        if steps.guided and phase > guided_phases[-1]:
+            steps.drop_unconditional()
         warpers = sampling.warpers()
         for _ in range(num_tokens):
-            fed_places = places.repeat(branches, 1) if places is not None and cache.get_seq_length() else None
-            output = model(step_ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1,
-                           vision_grid_ids=fed_places)
-            logits = output.logits[:, -1].float()
-            if branches == 2:
+            logits = steps.next_logits()
+            if steps.guided:
                 logits = guide(logits[:batch], logits[batch:], sampling.guidance_scale)
-            token = choose(warpers(history, processors(history, logits)), sampling.do_sample, generator)
+            token = steps.agree(choose(warpers(history, processors(history, logits)), sampling.do_sample, generator))
             yield token
             history = torch.cat([history, token[:, None]], dim=1)
-            places = model.advance_grid_ids(places, token[:, None])
-            step_ids = token.repeat(branches)[:, None]
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            steps.feed(token)
 
 
 def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.LongTensor:
@@ -206,3 +256,37 @@ def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
     if not tokens:
         return torch.empty(as_batch(input_ids, attention_mask)[0].shape[0], 0, dtype=torch.long)
     return torch.stack(tokens, dim=1)
+
+
+def generate_sharded(
+    model,
+    input_ids: torch.LongTensor,
+    max_new_tokens: int,
+    sequence_parallel: SequenceParallel = SequenceParallel(),
+    *,
+    processors: Sequence[LogitsProcessor] = (),
+    sampling: SamplingConfig = GREEDY,
+    generator: torch.Generator | None = None,
+    eos_token_id: int | None = None,
+) -> torch.LongTensor:
+    """The prompt [batch, prompt] and up to `max_new_tokens` new ids, the KV cache sharded over the group.
+
+    Every rank calls it with the same prompt and gets the same result, which equals what one device
+    holding the whole cache would produce; rows that emitted `eos_token_id` are filled with it, and it
+    stops when every row has. The ids are chosen on the group's rank 0 (with its `generator`).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    tokens = iter_tokens(model, input_ids, schedule=[(max_new_tokens, sampling)], processors=processors,
+                         generator=generator, sequence_parallel=sequence_parallel)
+    sequence = as_batch(input_ids)[0]
+    finished = torch.zeros(sequence.shape[0], dtype=torch.bool, device=sequence.device)
+    for token in tokens:
+        if eos_token_id is not None:
+            token = token.masked_fill(finished, eos_token_id)
+            finished |= token == eos_token_id
+        sequence = torch.cat([sequence, token[:, None]], dim=1)
+        if bool(finished.all()):
+            tokens.close()
+            break
+    return sequence

@@ -6,17 +6,24 @@ structure constraint, and returns code grids `[frames, h, w]` (`[batch, frames, 
 of prompts) ready for `VQGAN.decode`. A frame is `h * w` codes then a delimiter: `<eof>` between
 frames, `<eov>` after the last.
 
-LWM's settings (spec §5.4–5.5): images use guidance s = 5, top-k 8192, temperature 1; video frames
+LWM's settings (docs/architecture.md#drawing): images use guidance s = 5, top-k 8192, temperature 1; video frames
 after the first use s = 1 (no guidance) and top-k 1000. LWM draws a video's first frame from the
 *image* prompt, then appends it to the video prompt and to the unconditional prompt and draws the
 rest; `generate_video` does that given `image_prompt_ids`, and otherwise draws every frame in one
 pass over the video prompt (first frame with the image settings, on the same cache).
 `text_to_image` / `text_to_video` take descriptions and build the prompts with an `LWMProcessor`.
+A model folder may say how it draws best (`DrawingConfig`, its drawing_config.json); LWM's settings
+are the default.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -26,6 +33,51 @@ from lwm.generation.sampling import SamplingConfig, as_batch, left_pad, sample
 
 IMAGE_SAMPLING = SamplingConfig(temperature=1.0, top_k=8192, guidance_scale=5.0)
 VIDEO_SAMPLING = SamplingConfig(temperature=1.0, top_k=1000, guidance_scale=1.0)
+DRAWING_CONFIG_NAME = "drawing_config.json"
+VideoProcedure = Literal["lwm", "single_pass"]
+
+
+@dataclass(frozen=True)
+class DrawingConfig:
+    """How a model draws unless the caller says otherwise. The defaults are LWM's settings; a model
+    trained otherwise keeps its own in its folder's drawing_config.json (the bundled model's come
+    from a sweep on held-out seeds, docs/bundled-model.md).
+
+    video_procedure: "lwm" draws a video's first frame from the image prompt with `video_first_frame`
+    (LWM's two passes), "single_pass" draws every frame from the video prompt.
+    """
+
+    image: SamplingConfig = IMAGE_SAMPLING
+    video_procedure: VideoProcedure = "lwm"
+    video_first_frame: SamplingConfig = IMAGE_SAMPLING
+    video: SamplingConfig = VIDEO_SAMPLING
+    continuation: SamplingConfig = VIDEO_SAMPLING
+    video_frames: int = 8  # frames of a drawn video when the caller names none
+
+    def __post_init__(self):
+        if self.video_procedure not in ("lwm", "single_pass"):
+            raise ValueError(f"video_procedure must be 'lwm' or 'single_pass', got {self.video_procedure!r}")
+        if self.video_frames < 1:
+            raise ValueError(f"video_frames must be at least 1, got {self.video_frames}")
+
+    def save(self, directory: str | os.PathLike) -> None:
+        (Path(directory) / DRAWING_CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "DrawingConfig":
+        """The folder's drawing_config.json, or LWM's settings when it has none."""
+        path = Path(directory) / DRAWING_CONFIG_NAME
+        return cls.from_json(path) if path.is_file() else cls()
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "DrawingConfig":
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+            return cls(**{key: SamplingConfig(**value) if isinstance(value, dict) else value
+                          for key, value in values.items()})
+        except (OSError, json.JSONDecodeError, TypeError, ValueError) as error:
+            raise ValueError(f"{path}: not a drawing config ({error})") from None
 
 
 def generate_image(

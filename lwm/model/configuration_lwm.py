@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
+from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
+from lwm.presets import preset_names, read_preset
 
 
+@strict  # as LlamaConfig: runs validate_architecture (and checks field types) when a config is made
 class LWMConfig(LlamaConfig):
     """LLaMA fields (`vocab_size` is the text vocabulary) plus the vision token space.
 
     One id space: text ids are [0, vocab_size); vision code c is vocab_size + c; `<eof>` (end of
     frame) is vocab_size + K and `<eov>` (end of vision) vocab_size + K + 1, with K =
     `num_vision_codes`. `vision_vocab_size` >= K + 2 rows exist in the vision table and head
-    (LWM: 8448). `vision_grid_size` G > 0 adds a learned row and column embedding to each vision code
-    (frames of G × G codes; LWM has none: 0). The attention backend is `attn_implementation`:
-    "sdpa", "blockwise", "ring" or "flash_attention_2"; `attn_q_chunk`/`attn_kv_chunk` size the
-    blocks of blockwise and ring.
+    (LWM: 8448). `vision_grid_size` G > 0 tells the model that frames are G × G codes (LWM: 0, it
+    does not know), which gives each code a row and a column: `vision_grid_embedding` adds a learned
+    vector for each to the code's embedding, and `vision_rope_3d` rotates queries and keys by them as
+    well as by the position in the sequence (`lwm.model.modeling_lwm.rotary_axes`). The attention
+    backend is `attn_implementation`: "sdpa", "blockwise", "ring" or "flash_attention_2";
+    `attn_q_chunk`/`attn_kv_chunk` size the blocks of blockwise and ring.
     """
 
     model_type = "lwm"
@@ -27,6 +28,8 @@ class LWMConfig(LlamaConfig):
     vision_vocab_size: int = 8448
     num_vision_codes: int = 8192
     vision_grid_size: int = 0
+    vision_grid_embedding: bool = True
+    vision_rope_3d: bool = False
     attn_q_chunk: int = 512
     attn_kv_chunk: int = 512
 
@@ -41,6 +44,8 @@ class LWMConfig(LlamaConfig):
             raise ValueError(
                 f"vision_grid_size must be 0 (none) or the side of a frame's code grid, got {self.vision_grid_size}"
             )
+        if self.vision_rope_3d and not self.vision_grid_size:
+            raise ValueError("vision_rope_3d needs vision_grid_size, the side of a frame's code grid")
         if self.attn_q_chunk < 1 or self.attn_kv_chunk < 1:
             raise ValueError("attn_q_chunk and attn_kv_chunk must be positive")
 
@@ -62,15 +67,10 @@ class LWMConfig(LlamaConfig):
 
     @classmethod
     def preset_names(cls) -> list[str]:
-        return sorted(path.stem for path in PRESETS_DIR.glob("*.json"))
+        return preset_names("models")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "LWMConfig":
-        """A named configuration from configs/models/, e.g. "lwm-7b" or "tiny"; keywords override fields."""
-        path = PRESETS_DIR / f"{name}.json"
-        if not path.is_file():
-            raise ValueError(f"unknown model preset {name!r}; available: {', '.join(cls.preset_names())}")
-        fields = json.loads(path.read_text())
-        fields.pop("_comment", None)
-        fields.update(overrides)
-        return cls(**fields)
+        """A named configuration from lwm/presets/models/, e.g. "lwm-7b" or "tiny", or a path to such a JSON
+        file; keywords override fields."""
+        return cls(**{**read_preset("models", name), **overrides})

@@ -1,7 +1,7 @@
 """How much memory a model needs, computed from its config: weights, KV cache, and what fits where.
 
-    python -m lwm.model.memory lwm-7b            # a preset name, or a folder / config.json path
-    python -m lwm.model.memory DIR --budgets 12 16 24 48 80
+    lwm memory lwm-7b                # a preset name, or a folder / config.json path
+    lwm memory DIR --budgets 12 16 24 48 80
 
 Sizes count every parameter (text and vision tables and heads included) at the given dtype. The KV
 cache holds a key and a value of `num_key_value_heads × head_dim` per layer per token. A prefill run
@@ -12,7 +12,6 @@ kernels (no T × T scores). A fixed reserve covers the CUDA context and kernels'
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +95,8 @@ def memory_table(config, budgets_gib=(16, 24, 80), dtype: str = "bfloat16", rese
         f"| KV cache per 1K tokens, one layer | {needs.kv_bytes_per_1k_tokens(per_layer=True) / 2**20:.0f} MiB |",
         f"| one-pass prefill activations per 1K tokens | {1024 * needs.prefill_bytes_per_token / 2**20:.0f} MiB |",
         "",
-        f"| device memory | weights | context that fits (KV cache; {reserve_gib:g} GiB reserved) | with a one-pass prefill | frames of video (257 tokens) |",
+        f"| device memory | weights | context that fits (KV cache; {reserve_gib:g} GiB reserved) | with a one-pass prefill "
+        "| frames of video (257 tokens) |",
         "|---|---|---|---|---|",
     ]
     for budget in budgets_gib:
@@ -114,7 +114,8 @@ def memory_table(config, budgets_gib=(16, 24, 80), dtype: str = "bfloat16", rese
     return "\n".join(lines)
 
 
-def _load_config(name_or_path: str):
+def load_model_config(name_or_path: str):
+    """The config of a preset name, a model folder or a config.json (a text-only LLaMA's too)."""
     from lwm.model import LWMConfig
 
     path = Path(name_or_path)
@@ -128,17 +129,3 @@ def _load_config(name_or_path: str):
             return LlamaConfig.from_dict(fields)
         return LWMConfig.from_dict(fields)
     return LWMConfig.from_preset(name_or_path)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Memory needs of a model config: weights, KV cache, what fits on a device.")
-    parser.add_argument("config", nargs="?", default="lwm-7b", help="preset name, model folder or config.json (default: %(default)s)")
-    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES))
-    parser.add_argument("--budgets", type=float, nargs="+", default=[16, 24, 80], metavar="GIB", help="device sizes in GiB")
-    parser.add_argument("--reserve", type=float, default=DEFAULT_RESERVE_GIB, metavar="GIB", help="kept free for the CUDA context and workspaces")
-    args = parser.parse_args(argv)
-    print(memory_table(_load_config(args.config), args.budgets, args.dtype, args.reserve))
-
-
-if __name__ == "__main__":
-    main()

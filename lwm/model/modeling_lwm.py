@@ -4,8 +4,8 @@ The trunk is transformers' `LlamaModel` (its layers, norms and rotary embedding 
 are); around it sit two embedding tables and two heads, exactly as in LWM, so its weights map
 one-to-one. Ids live in one space (text first, then vision), so `generate()` and logits
 processors work unchanged and the vision mask is `input_ids >= vocab_size`. A model may add what
-LWM lacks, a row and column embedding of each code in its frame (`vision_grid_size`, see
-`VisionGridEmbedding`); LWM's own checkpoints have none.
+LWM lacks, each code's row and column in its frame (`vision_grid_size`): as learned vectors
+(`VisionGridEmbedding`) and as rotary axes (`rotary_axes`); LWM's own checkpoints have neither.
 
 Attention masks are described by `segment_ids` (packed documents, padding) and causality, never by
 a dense seq × seq tensor, except for the "sdpa"/"eager" backends that need one.
@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, LlamaModel, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
@@ -28,9 +27,9 @@ from transformers.utils import logging as hf_logging
 
 from lwm.model import attention  # noqa: F401  (registers the "blockwise" and "ring" backends)
 from lwm.model.configuration_lwm import LWMConfig
-from lwm.parallel import active_sequence_parallel
+from lwm.model.targets import modality_weights, next_token_targets
+from lwm.parallel import SequenceParallel
 
-IGNORE_INDEX = -100
 _SEGMENT_BACKENDS = ("blockwise", "ring")
 # transformers 5.24 renamed the KV cache argument and output field `past_key_values` to `cache`;
 # the layers and generate() use whichever name the installed version knows.
@@ -93,7 +92,7 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
         self.vision_embed_tokens = nn.Embedding(config.vision_vocab_size, config.hidden_size)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.vision_head = nn.Linear(config.hidden_size, config.vision_vocab_size, bias=False)
-        if config.vision_grid_size:
+        if config.vision_grid_size and config.vision_grid_embedding:
             self.vision_grid = VisionGridEmbedding(config.vision_grid_size, config.hidden_size)
         self.post_init()
 
@@ -120,14 +119,27 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
             return None
         return torch.where(self.grid_ids_of(tokens) >= 0, places[:, -1:] + 1, -1)
 
-    def embed(
-        self, input_ids: torch.LongTensor, vision_grid_ids: torch.LongTensor | None = None, continues: bool = False
-    ) -> torch.Tensor:
-        """Token embeddings, plus each code's place in its frame when the model has `vision_grid_size`.
+    def places_of(
+        self, input_ids: torch.LongTensor, vision_grid_ids: torch.LongTensor | None, continues: bool
+    ) -> torch.LongTensor | None:
+        """The codes' places in their frames (`vision_grid_ids`), counted from input_ids when they start
+        the sequence; None for a model without the grid.
 
         continues: input_ids may not start the sequence (a cache or a shard precedes), so codes'
         places cannot be counted from them and must be given.
         """
+        if not self.config.vision_grid_size or vision_grid_ids is not None:
+            return vision_grid_ids if self.config.vision_grid_size else None
+        if continues:
+            raise ValueError(
+                "this model has vision_grid_size set: input_ids that continue a cache or are a shard "
+                "need vision_grid_ids (lwm.model.modeling_lwm.vision_grid_ids_of the whole sequence)"
+            )
+        return self.grid_ids_of(input_ids)
+
+    def embed(self, input_ids: torch.LongTensor, vision_grid_ids: torch.LongTensor | None = None) -> torch.Tensor:
+        """Token embeddings, plus each code's row and column vectors when the model has them
+        (`vision_grid_ids` from `places_of`)."""
         vocab = self.config.vocab_size
         # One device-to-host read per call: this runs at every decoding step.
         if ((input_ids < 0) | (input_ids >= self.config.total_vocab_size)).any():
@@ -139,14 +151,9 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
         text = self.model.embed_tokens(input_ids.masked_fill(is_vision, 0))
         vision = self.vision_embed_tokens((input_ids - vocab).clamp(min=0))
         hidden = torch.where(is_vision[..., None], vision, text)
-        if not self.config.vision_grid_size:
+        if not (self.config.vision_grid_size and self.config.vision_grid_embedding):
             return hidden
         if vision_grid_ids is None:
-            if continues:
-                raise ValueError(
-                    "this model has vision_grid_size set: input_ids that continue a cache or are a shard "
-                    "need vision_grid_ids (lwm.model.modeling_lwm.vision_grid_ids_of the whole sequence)"
-                )
             vision_grid_ids = self.grid_ids_of(input_ids)
         return hidden + self.vision_grid(vision_grid_ids)
 
@@ -164,6 +171,7 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
         loss_weights: torch.Tensor | None = None,
         loss_denominators: tuple[torch.Tensor, torch.Tensor] | None = None,
         vision_grid_ids: torch.LongTensor | None = None,
+        sequence_parallel: SequenceParallel | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         **kwargs,
@@ -183,6 +191,8 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
         vision_grid_ids: [batch, seq] each code's index in its frame, -1 elsewhere (`vision_grid_ids_of`
             the whole sequence), for a model with `vision_grid_size`; read from input_ids when
             they start the sequence, required when they continue a cache or are a shard of it.
+        sequence_parallel: the sp group that the "ring" backend runs over (`lwm.parallel`); input_ids
+            are then this rank's shard, or with `decoding=True` new tokens on a sharded cache.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -191,8 +201,9 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
             cache = DynamicCache(config=self.config)
         past = cache.get_seq_length() if cache is not None else 0
         if inputs_embeds is None:
-            continues = past > 0 or active_sequence_parallel() is not None
-            hidden = self.embed(input_ids, vision_grid_ids, continues=continues)
+            continues = past > 0 or sequence_parallel is not None
+            vision_grid_ids = self.places_of(input_ids, vision_grid_ids, continues)
+            hidden = self.embed(input_ids, vision_grid_ids)
         else:
             hidden = inputs_embeds
         batch, seq = hidden.shape[:2]
@@ -200,8 +211,14 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
         if position_ids is None:
             position_ids = _positions(segments, attention_mask, past, seq, hidden.device)
         attention_inputs = self._attention_inputs(segments, attention_mask, position_ids, past, seq, hidden.device)
+        if sequence_parallel is not None:
+            if self.config._attn_implementation != "ring":
+                raise ValueError(
+                    f"sequence_parallel runs on attn_implementation='ring', not {self.config._attn_implementation!r}"
+                )
+            attention_inputs["sequence_parallel"] = sequence_parallel
 
-        position_embeddings = self.model.rotary_emb(hidden, position_ids=position_ids)
+        position_embeddings = self.rotary_embeddings(hidden, position_ids, vision_grid_ids)
         for layer in self.model.layers:
             hidden = layer(
                 hidden,
@@ -241,6 +258,17 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
         if grid_ids is not None and inputs.get("input_ids") is not None:
             inputs["vision_grid_ids"] = grid_ids[:, -inputs["input_ids"].shape[1] :]
         return inputs
+
+    def rotary_embeddings(self, hidden, position_ids, vision_grid_ids) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) for the layers: 1-D RoPE over `position_ids`, or with `vision_rope_3d` each
+        frequency rotated by one of the axes of `rotary_axes`."""
+        if not self.config.vision_rope_3d:
+            return self.model.rotary_emb(hidden, position_ids=position_ids)
+        if vision_grid_ids is None:
+            raise ValueError("a model with vision_rope_3d needs vision_grid_ids when given inputs_embeds")
+        axes = rotary_axes(position_ids.expand_as(vision_grid_ids), vision_grid_ids, self.config.vision_grid_size)
+        cos, sin = zip(*(self.model.rotary_emb(hidden, position_ids=axis) for axis in axes))
+        return _frequency_by_axis(cos), _frequency_by_axis(sin)
 
     def _attention_inputs(self, segments, attention_mask, position_ids, past, seq, device) -> dict:
         backend = self.config._attn_implementation
@@ -317,6 +345,35 @@ def vision_grid_ids_of(input_ids: torch.LongTensor, text_vocab_size: int, num_co
     return torch.where(is_code, index - last_other - 1, -1)
 
 
+def rotary_axes(position_ids: torch.LongTensor, grid_ids: torch.LongTensor, grid_size: int):
+    """The three rotary positions of each token for `vision_rope_3d`: (sequence, row, column).
+
+    Text (grid id -1) has its sequence position on every axis, so text attends to text exactly as
+    with 1-D RoPE. A code keeps its sequence position on the first axis and is at its frame's first
+    position plus its row (column) on the second (third): two codes of one frame differ by their rows
+    and columns alone on those axes, and the same place in consecutive frames by one frame's length
+    on all three, so "the code above", "the code to the left" and "this code one frame ago" are each
+    one fixed rotation. Frequency i of a head rotates by axis i mod 3, so every axis has fast and slow
+    frequencies.
+    """
+    is_code = grid_ids >= 0
+    place = grid_ids.clamp(min=0)
+    frame_start = position_ids - place
+    row = torch.where(is_code, frame_start + place // grid_size, position_ids)
+    column = torch.where(is_code, frame_start + place % grid_size, position_ids)
+    return position_ids, row, column
+
+
+def _frequency_by_axis(per_axis: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Rotary cos (or sin) `[batch, seq, head_dim]` taking frequency i from axis i mod len(per_axis).
+
+    A head's dims hold its frequencies twice (rotate_half pairs dim i with dim i + head_dim / 2).
+    """
+    head_dim = per_axis[0].shape[-1]
+    dims = torch.arange(head_dim, device=per_axis[0].device)
+    return torch.stack(per_axis, dim=-1)[..., dims, dims % (head_dim // 2) % len(per_axis)]
+
+
 def _segments(segment_ids, attention_mask, batch: int, total: int) -> torch.Tensor | None:
     if segment_ids is not None:
         if tuple(segment_ids.shape) != (batch, total):
@@ -355,19 +412,12 @@ def dense_mask(segments, past: int, seq: int, device) -> torch.Tensor:
 
 
 def _align_targets(labels, shift_labels, loss_weights, segments, seq):
+    given = labels if shift_labels is None else shift_labels
+    if loss_weights is not None and loss_weights.shape != given.shape:
+        raise ValueError(f"loss_weights {tuple(loss_weights.shape)} must match the labels {tuple(given.shape)}")
     if shift_labels is not None:
-        targets, weights = shift_labels, loss_weights
-    else:
-        # Position t predicts labels[t + 1]; never across a document boundary.
-        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-        if segments is not None:
-            seg = segments[:, -seq:]
-            crosses = F.pad(seg[:, 1:] != seg[:, :-1], (0, 1), value=True)
-            targets = targets.masked_fill(crosses, IGNORE_INDEX)
-        weights = None if loss_weights is None else F.pad(loss_weights[:, 1:], (0, 1), value=0.0)
-    if weights is not None and weights.shape != targets.shape:
-        raise ValueError(f"loss_weights {tuple(weights.shape)} must match the labels {tuple(targets.shape)}")
-    return targets, weights
+        return shift_labels, loss_weights
+    return next_token_targets(labels, None if segments is None else segments[:, -seq:], loss_weights)
 
 
 def lwm_loss(logits, targets, weights, text_vocab: int, denominators=None):
@@ -379,8 +429,6 @@ def lwm_loss(logits, targets, weights, text_vocab: int, denominators=None):
     one batch add up exactly to the loss of the whole batch.
     """
     logits = logits.float()
-    valid = targets != IGNORE_INDEX
-    weights = valid.float() if weights is None else weights.float() * valid
     is_vision = targets >= text_vocab
     # Each position's CE against its target's own half: log-sum-exp of that half minus the target logit.
     target_logits = logits.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
@@ -389,8 +437,7 @@ def lwm_loss(logits, targets, weights, text_vocab: int, denominators=None):
     )
     ce = half_lse - target_logits
     losses = []
-    for index, selected in enumerate((valid & ~is_vision, valid & is_vision)):
-        selected_weights = weights * selected
+    for index, selected_weights in enumerate(modality_weights(targets, weights, text_vocab)):
         numerator = (ce * selected_weights).sum()
         denominator = selected_weights.sum() if denominators is None else denominators[index]
         losses.append(numerator / denominator if float(denominator) > 0 else numerator * 0.0)

@@ -61,8 +61,8 @@ _SETTING_RULES = {
     "top_p": (float, lambda v: 0 < v <= 1, True),
     "seed": (int, lambda v: 0 <= v < 1 << 63, True),  # the range LWM._generator accepts
     "max_tokens": (int, lambda v: v >= 1, True),
-    "guidance": (float, lambda v: True, False),
-    "frames": (int, lambda v: v >= 1, False),
+    "guidance": (float, lambda v: True, True),
+    "frames": (int, lambda v: v >= 1, True),
     "fps": (float, lambda v: v > 0, False),
 }
 
@@ -74,8 +74,8 @@ class ChatSettings:
     top_p: float | None = None
     seed: int | None = None
     max_tokens: int | None = None
-    guidance: float = 5.0
-    frames: int = 8
+    guidance: float | None = None  # None: the model's (its drawing_config.json, else LWM's 5)
+    frames: int | None = None  # None: the model's
     fps: float = DEFAULT_FPS
 
     def set(self, name: str, value: str) -> None:
@@ -374,10 +374,11 @@ class ChatRepl:
     def _animate(self, prompt: str) -> None:
         if not prompt:
             raise ValueError("usage: /animate PROMPT")
-        self._say(f"Animating '{prompt}' ({self.settings.frames} frames) ...")
+        frames = self.settings.frames or self.lwm.drawing.video_frames
+        self._say(f"Animating '{prompt}' ({frames} frames) ...")
         video = self.lwm.generate_video(
             prompt,
-            num_frames=self.settings.frames,
+            num_frames=frames,
             guidance_scale=self.settings.guidance,
             fps=self.settings.fps,
             seed=self.settings.seed,
@@ -389,7 +390,7 @@ class ChatRepl:
         if self.last_visual is None:
             raise ValueError("nothing to continue: attach a video (/video PATH) or make one (/animate) first")
         try:
-            num_frames = int(argument) if argument else self.settings.frames
+            num_frames = int(argument) if argument else self.settings.frames or self.lwm.drawing.video_frames
         except ValueError:
             raise ValueError("usage: /continue [N]") from None
         if num_frames < 1:

@@ -2,7 +2,7 @@
 
 The `"lwm"` preset is the architecture of LWM's released VQGAN (aMUSEd/MaskGIT style: 256x256 frames
 to 16x16 codes from a codebook of 8192 x 64); smaller presets are the same architecture, narrower.
-Presets are JSON files in `configs/vqgan/`.
+Presets are JSON files in `lwm/presets/vqgan/`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "vqgan"
+from lwm.presets import preset_names, read_preset
+
 QUANTIZERS = ("vq", "fsq", "lfq")
 
 
@@ -35,6 +36,12 @@ class VQGANConfig:
     # per-position LayerNorm for GroupNorm), so a code depends on its own patch alone and a patch that does
     # not change keeps its code. LWM's encoder (False) sees most of a small frame from every code.
     local_encoder: bool = False
+    # k > 1: time is compressed too. The first frame of a clip gets a grid of its own and each k frames
+    # after it share one (1 + k·n frames -> 1 + n grids), causally, as MAGVIT-v2 and Cosmos do: the
+    # encoder sees the first frame repeated k times in front, so an image is coded as a still clip and
+    # images and videos share the codes. The per-frame features of a group are mixed by a 1x1
+    # convolution, so a local encoder stays local. 1: every frame its own grid (LWM).
+    temporal_compression: int = 1
 
     # quantizer: "vq" (vector-quantize-pytorch VectorQuantize), "fsq" or "lfq"
     quantizer: str = "vq"
@@ -54,6 +61,8 @@ class VQGANConfig:
         for width in (self.hidden_channels, *self.level_channels):
             if width % self.norm_groups:
                 raise ValueError(f"channel count {width} is not divisible by norm_groups={self.norm_groups}")
+        if self.temporal_compression < 1:
+            raise ValueError(f"temporal_compression must be at least 1, got {self.temporal_compression}")
         if self.num_res_blocks < 1:
             raise ValueError(f"num_res_blocks must be at least 1, got {self.num_res_blocks}")
         if self.num_mid_blocks < 1:
@@ -117,14 +126,10 @@ class VQGANConfig:
         return cls.from_dict(values)
 
     @classmethod
+    def preset_names(cls) -> list[str]:
+        return preset_names("vqgan")
+
+    @classmethod
     def from_preset(cls, name: str, **overrides) -> "VQGANConfig":
-        """A named preset from `configs/vqgan/` (e.g. "lwm", "tiny", "world"), or a path to a JSON file."""
-        path = Path(name) if name.endswith(".json") else PRESET_DIR / f"{name}.json"
-        if not path.is_file():
-            available = sorted(p.stem for p in PRESET_DIR.glob("*.json"))
-            raise ValueError(f"unknown VQGAN preset {name!r}; available: {available}")
-        return cls.from_dict({**json.loads(path.read_text()), **overrides})
-
-
-def available_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+        """A named preset from `lwm/presets/vqgan/` (e.g. "lwm", "tiny", "world"), or a path to a JSON file."""
+        return cls.from_dict({**read_preset("vqgan", name), **overrides})

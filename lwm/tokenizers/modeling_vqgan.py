@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 from vector_quantize_pytorch import FSQ, LFQ, VectorQuantize
@@ -154,7 +155,8 @@ class Decoder(nn.Module):
             for i in range(len(widths))
         )
         self.norm_out = _norm(widths[0], config)
-        self.conv_out = _conv(widths[0], config.in_channels, 3)
+        # with temporal compression a grid decodes to its k frames, stacked along the channels
+        self.conv_out = _conv(widths[0], config.in_channels * config.temporal_compression, 3)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(z)
@@ -238,12 +240,15 @@ class VQGANOutput:
 
 
 class VQGAN(nn.Module):
-    """Frames `[B, 3, H, W]` in [-1, 1] <-> codes `[B, H/f, W/f]`, f = `config.downsample_factor`."""
+    """Frames `[B, 3, H, W]` in [-1, 1] <-> codes `[B, H/f, W/f]`, f = `config.downsample_factor`; clips
+    `[B, T, 3, H, W]` <-> `[B, T', h, w]`, T' = T without temporal compression, else 1 + (T - 1) / k."""
 
     def __init__(self, config: VQGANConfig):
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
+        k = config.temporal_compression
+        self.temporal_fusion = nn.Conv2d(config.z_channels * k, config.z_channels, 1) if k > 1 else None
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
         self.quantize = QUANTIZER_CLASSES[config.quantizer](config)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
@@ -262,59 +267,103 @@ class VQGAN(nn.Module):
     def codes_per_frame(self) -> int:
         return self.config.codes_per_frame
 
+    @property
+    def temporal_compression(self) -> int:
+        return self.config.temporal_compression
+
     def forward(self, pixels: torch.Tensor) -> VQGANOutput:
-        self._check_pixels(pixels)
-        quantized, codes, quantizer_loss = self.quantize(self.quant_conv(self.encoder(pixels)))
-        reconstruction = self.decoder(self.post_quant_conv(quantized))
-        return VQGANOutput(reconstruction, codes.long(), quantizer_loss.sum())
+        """Frames `[B, 3, H, W]` or clips `[B, T, 3, H, W]` -> their reconstruction, codes and quantizer loss."""
+        quantized, codes, quantizer_loss = self.quantize(self._latents(pixels))
+        reconstruction = self._pixels(self.post_quant_conv(quantized), pixels.shape[:-3])
+        return VQGANOutput(reconstruction, self._grids(codes, pixels), quantizer_loss.sum())
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels `[B, 3, H, W]` in [-1, 1] -> codes `[B, h, w]` (LongTensor; row-major token order)."""
-        self._check_pixels(pixels)
-        _, codes, _ = self.quantize(self.quant_conv(self.encoder(pixels)))
-        return codes.long()
+        """Pixels `[B, 3, H, W]` in [-1, 1] -> codes `[B, h, w]` (LongTensor; row-major token order);
+        clips `[B, T, 3, H, W]` -> `[B, T', h, w]`."""
+        _, codes, _ = self.quantize(self._latents(pixels))
+        return self._grids(codes, pixels)
+
+    def _grids(self, codes: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """The quantizer's codes `[B·T', h, w]` as `[B, h, w]` for frames or `[B, T', h, w]` for clips."""
+        if pixels.ndim == 4:
+            return codes.long()
+        return codes.long().reshape(len(pixels), -1, *codes.shape[-2:])
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes `[B, h, w]` -> pixels `[B, 3, h*f, w*f]` clipped to [-1, 1]."""
+        """Codes `[B, h, w]` -> pixels `[B, 3, h*f, w*f]` clipped to [-1, 1]; `[B, T', h, w]` -> clips."""
         self._check_codes(codes)
-        z = self.post_quant_conv(self.quantize.lookup(codes.long()))
-        return self.decoder(z).clamp(-1.0, 1.0)
+        z = self.post_quant_conv(self.quantize.lookup(codes.long().flatten(0, -3)))
+        lead = codes.shape[:-2]
+        frames = (lead[0], 1 + (lead[1] - 1) * self.temporal_compression) if len(lead) == 2 else lead
+        return self._pixels(z, frames).clamp(-1.0, 1.0)
+
+    def _latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Frames `[B, 3, H, W]` or clips `[B, T, 3, H, W]` -> the quantizer's input `[B·T', D, h, w]`."""
+        self._check_pixels(pixels)
+        features = self.encoder(pixels.flatten(0, -4))
+        k = self.temporal_compression
+        if k > 1:
+            clips = features.reshape(-1, 1 if pixels.ndim == 4 else pixels.shape[1], *features.shape[1:])
+            padded = torch.cat([clips[:, :1].expand(-1, k - 1, -1, -1, -1), clips], dim=1)
+            features = self.temporal_fusion(rearrange(padded, "b (t k) c h w -> (b t) (k c) h w", k=k))
+        return self.quant_conv(features)
+
+    def _pixels(self, z: torch.Tensor, frames: tuple[int, ...]) -> torch.Tensor:
+        """Decoded `[B·T', D, h, w]` -> pixels shaped `[*frames, 3, H, W]` (frames: `(B,)` or `(B, T)`)."""
+        out = self.decoder(z)
+        k = self.temporal_compression
+        if k == 1:
+            return out.reshape(*frames, *out.shape[1:])
+        clips = rearrange(out, "(b t) (k c) h w -> b (t k) c h w", b=frames[0], k=k)[:, k - 1 :]  # the front padding
+        return clips[:, 0] if len(frames) == 1 else clips
 
     def encode_video(self, frames: torch.Tensor, chunk_size: int = 16) -> torch.Tensor:
-        """Frames `[..., 3, H, W]` (e.g. `[T, ...]` or `[B, T, ...]`) -> codes `[..., h, w]`.
-
-        Frames are encoded independently, `chunk_size` at a time, so memory stays bounded.
-        """
+        """Frames `[..., 3, H, W]` (e.g. `[T, ...]` or `[B, T, ...]`) -> codes `[..., h, w]`, encoded
+        `chunk_size` frames at a time so memory stays bounded. With temporal compression the
+        frames are one clip `[T, ...]` (or clips `[B, T, ...]`) and the codes `[T', h, w]`."""
         if frames.ndim < 4:
             raise ValueError(f"expected frames shaped [..., 3, H, W] with a leading frame dim, got {tuple(frames.shape)}")
+        if self.temporal_compression > 1:
+            clips = frames if frames.ndim == 5 else frames[None]
+            codes = torch.cat([self.encode(clip) for clip in clips.split(max(1, chunk_size // clips.shape[1]))])
+            return codes if frames.ndim == 5 else codes[0]
         flat = frames.reshape(-1, *frames.shape[-3:])
         codes = torch.cat([self.encode(chunk) for chunk in flat.split(chunk_size)])
         return codes.reshape(*frames.shape[:-3], *codes.shape[-2:])
 
     def decode_video(self, codes: torch.Tensor, chunk_size: int = 16) -> torch.Tensor:
-        """Codes `[..., h, w]` -> frames `[..., 3, H, W]`, decoded `chunk_size` frames at a time."""
+        """Codes `[..., h, w]` -> frames `[..., 3, H, W]`, decoded `chunk_size` grids at a time (the
+        inverse of `encode_video`)."""
         if codes.ndim < 3:
             raise ValueError(f"expected codes shaped [..., h, w] with a leading frame dim, got {tuple(codes.shape)}")
+        if self.temporal_compression > 1:
+            clips = codes if codes.ndim == 4 else codes[None]
+            frames = torch.cat([self.decode(clip) for clip in clips.split(max(1, chunk_size // clips.shape[1]))])
+            return frames if codes.ndim == 4 else frames[0]
         flat = codes.reshape(-1, *codes.shape[-2:])
         frames = torch.cat([self.decode(chunk) for chunk in flat.split(chunk_size)])
         return frames.reshape(*codes.shape[:-2], *frames.shape[-3:])
 
     def _check_pixels(self, pixels: torch.Tensor) -> None:
         factor = self.config.downsample_factor
-        if pixels.ndim != 4 or pixels.shape[1] != self.config.in_channels:
+        if pixels.ndim not in (4, 5) or pixels.shape[-3] != self.config.in_channels:
             raise ValueError(
-                f"expected pixels shaped [B, {self.config.in_channels}, H, W], got {tuple(pixels.shape)}"
+                f"expected pixels shaped [B, {self.config.in_channels}, H, W] or clips [B, T, "
+                f"{self.config.in_channels}, H, W], got {tuple(pixels.shape)}"
             )
+        k = self.temporal_compression
+        if pixels.ndim == 5 and (pixels.shape[1] - 1) % k:
+            raise ValueError(f"clips of {pixels.shape[1]} frames: temporal compression {k} codes 1 + {k}·n frames")
         if pixels.shape[-2] % factor or pixels.shape[-1] % factor:
             raise ValueError(f"frame size {tuple(pixels.shape[-2:])} is not a multiple of {factor}")
         if not pixels.is_floating_point():
             raise ValueError(f"expected float pixels in [-1, 1], got {pixels.dtype} (use lwm.media.preprocess)")
 
     def _check_codes(self, codes: torch.Tensor) -> None:
-        if codes.ndim != 3:
-            raise ValueError(f"expected codes shaped [B, h, w], got {tuple(codes.shape)}")
+        if codes.ndim not in (3, 4):
+            raise ValueError(f"expected codes shaped [B, h, w] or [B, T', h, w], got {tuple(codes.shape)}")
         if codes.is_floating_point() or codes.is_complex():
             raise ValueError(f"expected integer codes, got {codes.dtype}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):

@@ -1,11 +1,13 @@
 """LWMProcessor: chat messages with text, images and videos <-> one sequence of token ids.
 
-One id space (DESIGN.md): text ids are `[0, V_text)`; a VQGAN code `c` is `V_text + c`; `<eof>` (end of a
+One id space (docs/architecture.md#the-token-layout): text ids are `[0, V_text)`; a VQGAN code `c` is
+`V_text + c`; `<eof>` (end of a
 frame that is not the last) is `V_text + K` and `<eov>` (end of the last frame) `V_text + K + 1`, K the
 codebook size. A frame is `codes_per_frame` codes and one delimiter. `<vision>`/`</vision>` are plain
 text around a vision block.
 
-The layout is LWM's (spec §5), with a single BOS. A sequence is a list of *chunks*, each encoded on its
+The layout is LWM's (docs/architecture.md#the-token-layout), with a single BOS. A sequence is a list of
+*chunks*, each encoded on its
 own by the text tokenizer (so each gets SentencePiece's dummy "▁"), which is what LWM did:
 
     QA            <s>{system} USER: {question}\\n | <vision> | codes | </vision> |  ASSISTANT:
@@ -46,13 +48,13 @@ import numpy as np
 import torch
 
 from lwm import media
+from lwm.model.targets import IGNORE_INDEX
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 GENERATION_REQUESTS = {"image": "Generate an image of {}", "video": "Generate a video of {}"}
 CAPTION_REQUESTS = {"image": "Describe the image.", "video": "Describe the video."}
 CONTINUATION_REQUEST = "Continue the video."
 VISION_START, VISION_END = "<vision>", "</vision>"
-IGNORE_INDEX = -100
 PROCESSOR_CONFIG_NAME = "processor_config.json"
 VQGAN_FOLDER = "vqgan"
 
@@ -72,11 +74,12 @@ class SequenceTooLongError(ValueError):
 
 
 @dataclass
-class ProcessorConfig:
+class LWMProcessorConfig:
     system_prompt: str = SYSTEM_PROMPT
     max_frames: int | None = None  # frames sampled uniformly from a video (None: all)
     max_length: int | None = None  # longest allowed sequence (None: unlimited)
-    eov_after_every_frame: bool = False  # the official chat script's quirk (spec §5.3); False = training layout
+    # True: `<eov>` after every frame, as the official chat script (docs/official-weights.md#prompts-and-bos); False: training's
+    eov_after_every_frame: bool = False
     single_turn: bool = False  # trained on one user turn per chat: chat front-ends ask each question alone
 
 
@@ -89,10 +92,10 @@ class _Chunk:
 class LWMProcessor:
     """Builds LWM sequences from chat messages and decodes generated ids (see the module docstring)."""
 
-    def __init__(self, text_tokenizer, vqgan, config: ProcessorConfig | None = None, **overrides):
+    def __init__(self, text_tokenizer, vqgan, config: LWMProcessorConfig | None = None, **overrides):
         self.tokenizer = text_tokenizer
         self.vqgan = vqgan
-        self.config = ProcessorConfig(**{**asdict(config or ProcessorConfig()), **overrides})
+        self.config = LWMProcessorConfig(**{**asdict(config or LWMProcessorConfig()), **overrides})
         self.text_vocab_size = len(text_tokenizer)
         self.codebook_size = int(vqgan.codebook_size)
         self.codes_per_frame = int(vqgan.codes_per_frame)
@@ -420,11 +423,11 @@ class LWMProcessor:
         if not config_path.is_file():
             raise FileNotFoundError(f"{directory}: no {PROCESSOR_CONFIG_NAME}; expected a folder written by save_pretrained")
         values = json.loads(config_path.read_text())
-        unknown = sorted(set(values) - set(ProcessorConfig.__dataclass_fields__))
+        unknown = sorted(set(values) - set(LWMProcessorConfig.__dataclass_fields__))
         if unknown:
             raise ValueError(f"{config_path}: unknown fields {unknown}")
         tokenizer = load_text_tokenizer(directory)
-        return cls(tokenizer, VQGAN.from_pretrained(directory / VQGAN_FOLDER, device=device), ProcessorConfig(**values))
+        return cls(tokenizer, VQGAN.from_pretrained(directory / VQGAN_FOLDER, device=device), LWMProcessorConfig(**values))
 
 
 class _ChunkWriter:

@@ -5,7 +5,7 @@ are not in the vocabulary fall back to `<0xNN>` pieces, no text normalisation, a
 prepended to every separately encoded string.
 
 Encoding is exactly plain SentencePiece (`SentencePieceProcessor.encode`), as LWM's training-era
-tokenizer did (spec §5.6). transformers' own `LlamaTokenizer` does not guarantee that: since
+tokenizer did (docs/official-weights.md#prompts-and-bos). transformers' own `LlamaTokenizer` does not guarantee that: since
 transformers 5 it pre-tokenizes with `Metaspace`, which skips the dummy prefix when the text already
 starts with a space, so `" ASSISTANT:"` (a segment of LWM's chat prompt) loses its leading "▁" token
 under either `legacy` setting. We therefore build the `tokenizers` pipeline that `legacy=True`

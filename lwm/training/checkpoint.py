@@ -96,10 +96,11 @@ def load_checkpoint(engine, directory: str | Path, tag: str) -> dict:
     return state
 
 
-def export_pretrained(engine, directory: str | Path, processor=None) -> None:
+def export_pretrained(engine, directory: str | Path, processor=None, drawing=None) -> None:
     """`save_pretrained` (safetensors) of the engine's model, gathering ZeRO-3 partitions (collective).
 
-    With an `LWMProcessor`, its files go into the same folder, which then loads with `LWM.from_pretrained`.
+    With an `LWMProcessor`, its files go into the same folder, which then loads with `LWM.from_pretrained`;
+    with a `DrawingConfig`, its drawing_config.json too.
     """
     model, is_main = engine.module, dist.get_rank() == 0
     state = None
@@ -118,6 +119,8 @@ def export_pretrained(engine, directory: str | Path, processor=None) -> None:
         model.save_pretrained(temporary, state_dict=state, safe_serialization=True)
         if processor is not None:
             processor.save_pretrained(temporary)
+        if drawing is not None:
+            drawing.save(temporary)
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(temporary, directory)
     dist.barrier()

@@ -1,14 +1,15 @@
-"""Training configuration: YAML mapped onto dataclasses, with dotted `key=value` overrides.
+"""Configuration files: YAML mapped onto dataclasses, with dotted `key=value` overrides.
 
     config = load_config("configs/train/tiny-world.yaml", ["optimizer.lr=3e-4", "stages.0.steps=20"])
 
 Every field is typed; a YAML file or an override naming an unknown key, or giving a value of the
 wrong type, is refused with the dotted path of the problem. Values of overrides are read as YAML
-scalars (`1e-4`, `true`, `[a, b]`, `null`).
+scalars (`1e-4`, `true`, `[a, b]`, `null`). `read_config` does this for any dataclass: `lwm train`
+reads a `TrainConfig` (below), `lwm tokenizer train` a `lwm.training.vqgan.VQGANTrainConfig`.
 
-A run is a list of **stages** run in order, each starting from the weights the previous one ended
-with (LWM's progressive context: the sequence length and RoPE θ grow from stage to stage). A stage
-without its own `data` uses the top-level `data`.
+A training run is a list of **stages** run in order, each starting from the weights the previous one
+ended with (LWM's progressive context: the sequence length and RoPE θ grow from stage to stage). A
+stage without its own `data` uses the top-level `data`.
 """
 
 from __future__ import annotations
@@ -22,22 +23,27 @@ from typing import Any, Literal
 
 import yaml
 
+from lwm.parallel import check_length
+
 
 class ConfigError(ValueError):
-    """A training configuration that cannot be used; the message names the offending key."""
+    """A configuration that cannot be used; the message names the offending key."""
 
 
 @dataclass
 class ModelConfig:
-    # A preset of configs/models/ ("tiny", "lwm-7b"), or a folder holding an LWM or a text-only
+    # A preset of lwm/presets/models/ ("tiny", "lwm-7b"), or a folder holding an LWM or a text-only
     # LLaMA checkpoint (e.g. LWM-Text: its vision table and head start newly initialised).
     name_or_path: str = "tiny"
     # Attention backend with sp_size = 1 ("sdpa", "blockwise", "flash_attention_2"); sp_size > 1 always uses "ring".
     attn_implementation: str = "blockwise"
     gradient_checkpointing: bool = False
-    # Adds (or sizes) the row and column embeddings of vision codes (LWMConfig.vision_grid_size: the
-    # side of a frame's code grid; 0 removes them); None keeps what the model has.
+    # The model's code grid (LWMConfig.vision_grid_size, the side of a frame's grid; 0: none) and what it
+    # gives a code: learned row and column vectors (vision_grid_embedding) and rotary axes
+    # (vision_rope_3d). None keeps what the model has.
     vision_grid_size: int | None = None
+    vision_grid_embedding: bool | None = None
+    vision_rope_3d: bool | None = None
     # Glob patterns over parameter names; parameters matching none of them are frozen.
     trainable: list[str] = field(default_factory=lambda: ["*"])
 
@@ -49,6 +55,8 @@ class DataConfig:
     seed: int = 0
     overlong: Literal["truncate", "drop"] = "truncate"
     open_rows: int = 4  # rows the packer keeps open for first-fit
+    # Also train the vision tokens of prompts (lwm.data.packing): every video becomes next-frame prediction.
+    train_prompt_vision: bool = False
 
 
 @dataclass
@@ -59,6 +67,9 @@ class ProcessorConfig:
     vqgan: str | None = None
     max_frames: int | None = None  # frames the exported processor samples from an input video
     single_turn: bool = False  # the data has one user turn per chat (lwm.tokenizers.processing_lwm)
+    # A drawing_config.json (lwm.generation.vision.DrawingConfig) written into every export: how the
+    # model draws by default. None: the exports have none, and the model draws with LWM's settings.
+    drawing: str | None = None
 
 
 @dataclass
@@ -140,9 +151,17 @@ class TrainConfig:
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """The `lwm train` config of a YAML file and its overrides, checked as a whole (`validate`)."""
+    config = read_config(TrainConfig, path, overrides)
+    validate(config)
+    return config
+
+
+def read_config(cls, path: str | Path, overrides: list[str] = ()):
+    """The dataclass `cls` from a YAML file and dotted `key=value` overrides, every key and type checked."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"no training config at {path}")
+        raise ConfigError(f"no config file at {path}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
@@ -151,9 +170,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
         raise ConfigError(f"{path} must hold a mapping of settings, got {type(raw).__name__}")
     for override in overrides:
         apply_override(raw, override)
-    config = build(TrainConfig, raw, "")
-    validate(config)
-    return config
+    return build(cls, raw, "")
 
 
 def apply_override(raw: dict, override: str) -> None:
@@ -258,15 +275,16 @@ def convert(kind, value, where: str):
 def validate(config: TrainConfig) -> None:
     if not config.stages:
         raise ConfigError("stages must list at least one {seq_len, rope_theta, steps} stage")
+    if config.parallel.sp_size < 1:
+        raise ConfigError("parallel.sp_size must be at least 1")
     for index, stage in enumerate(config.stages):
         where = f"stages.{index}"
         if stage.seq_len < 2:
             raise ConfigError(f"{where}.seq_len must be at least 2, got {stage.seq_len}")
-        if stage.seq_len % (2 * config.parallel.sp_size):
-            raise ConfigError(
-                f"{where}.seq_len {stage.seq_len} must be a multiple of 2 · sp_size = {2 * config.parallel.sp_size} "
-                "(zigzag shards)"
-            )
+        try:
+            check_length(stage.seq_len, "zigzag", config.parallel.sp_size)
+        except ValueError as error:
+            raise ConfigError(f"{where}.seq_len: {error} (parallel.sp_size={config.parallel.sp_size})") from None
         if stage.steps < 1:
             raise ConfigError(f"{where}.steps must be at least 1, got {stage.steps}")
         if stage.rope_theta <= 0:
@@ -274,7 +292,6 @@ def validate(config: TrainConfig) -> None:
         if not config.stage_data(index).path:
             raise ConfigError(f"{where} has no data: set data.path (or {where}.data.path) to a tokenized dataset")
     checks = [
-        (config.parallel.sp_size >= 1, "parallel.sp_size must be at least 1"),
         (config.batch.micro_batch_size >= 1, "batch.micro_batch_size must be at least 1"),
         (config.batch.grad_accum_steps >= 1, "batch.grad_accum_steps must be at least 1"),
         (config.optimizer.lr > 0, "optimizer.lr must be positive"),

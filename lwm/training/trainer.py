@@ -1,8 +1,9 @@
 """The DeepSpeed trainer: dp × sp ranks, stages of growing context, exact resume.
 
-World = dp × sp. Ranks [g·sp, (g+1)·sp) form sequence-parallel group g (contiguous, so on GPUs a
-ring stays inside a node): they hold zigzag shards of the same rows and run ring attention. Every
-rank is also a DeepSpeed data-parallel rank, so ZeRO partitions over the whole world.
+World = dp × sp (`lwm.parallel.Mesh`). The ranks of a sequence-parallel group read the same whole
+rows; each aligns the targets on them, then keeps its zigzag shard (`model_inputs`) and runs ring
+attention over the group. Every rank is also a DeepSpeed data-parallel rank, so ZeRO partitions over
+the whole world.
 
 Exact gradients. The loss of a micro-batch is LWM's `0.5 · (text CE + vision CE)` over the whole
 global micro-batch (all dp × sp ranks). Each rank computes its own tokens' weighted CE sums divided
@@ -19,8 +20,6 @@ import fnmatch
 import math
 import os
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -29,10 +28,9 @@ import torch.distributed as dist
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
-from lwm.data.loader import PackedLoader, TokenizedDataset, sequence_parallel_shard
-from lwm.model import LWMConfig, LWMForCausalLM
-from lwm.model.modeling_lwm import IGNORE_INDEX
-from lwm.parallel import free_local_port, sequence_parallel
+from lwm.data import PackedLoader, TokenizedDataset
+from lwm.model import LWMConfig, LWMForCausalLM, modality_weights, next_token_targets
+from lwm.parallel import Mesh, build_mesh, free_local_port, shard_batch
 from lwm.training import checkpoint
 from lwm.training.config import ConfigError, DataConfig, OptimizerConfig, ScheduleConfig, StageConfig, TrainConfig
 from lwm.training.metrics import MetricsLogger
@@ -47,28 +45,6 @@ class TrainingDiverged(RuntimeError):
     """The loss or the gradient norm became NaN/inf; the last good checkpoint is kept."""
 
 
-@dataclass(frozen=True)
-class Mesh:
-    """This rank's place in the dp × sp world."""
-
-    rank: int
-    world: int
-    sp_size: int
-    sp_group: dist.ProcessGroup | None  # None when sp_size == 1
-
-    @property
-    def dp_size(self) -> int:
-        return self.world // self.sp_size
-
-    @property
-    def dp_rank(self) -> int:
-        return self.rank // self.sp_size
-
-    @property
-    def sp_rank(self) -> int:
-        return self.rank % self.sp_size
-
-
 class Batches(Protocol):
     """What the trainer consumes: endless batches (dicts of tensors) with a resumable position."""
 
@@ -81,12 +57,29 @@ BatchesFactory = Callable[[DataConfig, StageConfig, int, Mesh], Batches]
 
 
 def packed_batches(data: DataConfig, stage: StageConfig, micro_batch_size: int, mesh: Mesh) -> PackedLoader:
-    """This rank's packed rows of the stage's dataset (lwm.data.loader): dp-sharded, zigzag sp shards."""
+    """This data-parallel rank's packed rows of the stage's dataset (lwm.data.loader), whole."""
     return PackedLoader(
         TokenizedDataset(data.path), stage.seq_len, micro_batch_size,
         seed=data.seed, task_weights=data.mixture, dp_rank=mesh.dp_rank, dp_size=mesh.dp_size,
-        sp_rank=mesh.sp_rank, sp_size=mesh.sp_size, overlong=data.overlong, open_rows=data.open_rows,
+        overlong=data.overlong, open_rows=data.open_rows, train_prompt_vision=data.train_prompt_vision,
     )
+
+
+def model_inputs(batch: dict[str, torch.Tensor], model: LWMForCausalLM, mesh: Mesh) -> dict[str, torch.Tensor]:
+    """This rank's forward arguments from a batch of whole rows.
+
+    What a shard cannot see across its ends is computed on the whole rows first: the next-token
+    targets (`shift_labels`, with their weights) and, for a model with a code grid, each code's place
+    in its frame. Then every tensor is cut to this rank's zigzag shard (whole rows at sp = 1).
+    """
+    inputs = dict(batch)
+    inputs["shift_labels"], inputs["loss_weights"] = next_token_targets(
+        inputs.pop("labels"), batch["segment_ids"], batch["loss_weights"]
+    )
+    grid_ids = model.grid_ids_of(batch["input_ids"])
+    if grid_ids is not None:
+        inputs["vision_grid_ids"] = grid_ids
+    return shard_batch(inputs, mesh.sp_rank, mesh.sp_size)
 
 
 def init_distributed() -> None:
@@ -104,36 +97,24 @@ def init_distributed() -> None:
     deepspeed.init_distributed(dist_backend=backend)
 
 
-def build_mesh(sp_size: int) -> Mesh:
-    world, rank = dist.get_world_size(), dist.get_rank()
-    if world % sp_size:
-        raise ConfigError(f"parallel.sp_size={sp_size} does not divide the world of {world} processes")
-    sp_group = None
-    if sp_size > 1:
-        for first in range(0, world, sp_size):  # every rank must create every group
-            group = dist.new_group(list(range(first, first + sp_size)))
-            if first <= rank < first + sp_size:
-                sp_group = group
-    return Mesh(rank, world, sp_size, sp_group)
-
-
 def build_model(config: TrainConfig, stage: StageConfig, mesh: Mesh, start_from: str | None) -> LWMForCausalLM:
     """The model a stage trains: from the previous stage's export, or the configured start."""
     attention = "ring" if mesh.sp_size > 1 else config.model.attn_implementation
     source = start_from or config.model.name_or_path
-    grid = {} if config.model.vision_grid_size is None else {"vision_grid_size": config.model.vision_grid_size}
+    grid = {name: value for name in ("vision_grid_size", "vision_grid_embedding", "vision_rope_3d")
+            if (value := getattr(config.model, name)) is not None}
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     if Path(source, "config.json").is_file():
         model = LWMForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation=attention, **grid)
         _set_rope_theta(model, stage.rope_theta)
-    elif source in LWMConfig.preset_names():
+    elif source in LWMConfig.preset_names() or source.endswith(".json"):
         model = LWMForCausalLM(
             LWMConfig.from_preset(source, rope_theta=stage.rope_theta, attn_implementation=attention, **grid)
         )
     else:
         raise ConfigError(
-            f"model.name_or_path={source!r} is neither a preset ({', '.join(LWMConfig.preset_names())}) "
-            "nor a folder with a config.json"
+            f"model.name_or_path={source!r} is neither a preset ({', '.join(LWMConfig.preset_names())}), "
+            "a model config .json file nor a folder with a config.json"
         )
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -141,13 +122,23 @@ def build_model(config: TrainConfig, stage: StageConfig, mesh: Mesh, start_from:
     return model.train()  # from_pretrained leaves eval mode, which would also turn checkpointing off
 
 
+def load_drawing(config: TrainConfig):
+    """The `DrawingConfig` of `processor.drawing` that the exports carry, or None when not set."""
+    if config.processor.drawing is None:
+        return None
+    from lwm.generation.vision import DrawingConfig
+
+    try:
+        return DrawingConfig.from_json(config.processor.drawing)
+    except ValueError as error:
+        raise ConfigError(f"processor.drawing: {error}") from None
+
+
 def load_processor(config: TrainConfig):
     """The configured text tokenizer + VQGAN as an `LWMProcessor` for the exports, or None when not set."""
     if config.processor.tokenizer is None:
         return None
-    from lwm.tokenizers.modeling_vqgan import VQGAN
-    from lwm.tokenizers.processing_lwm import LWMProcessor
-    from lwm.tokenizers.text import load_text_tokenizer
+    from lwm.tokenizers import VQGAN, LWMProcessor, load_text_tokenizer
 
     try:
         tokenizer = load_text_tokenizer(config.processor.tokenizer)
@@ -252,12 +243,16 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
         init_distributed()
-        self.mesh = build_mesh(config.parallel.sp_size)
+        try:
+            self.mesh = build_mesh(config.parallel.sp_size)
+        except ValueError as error:
+            raise ConfigError(f"parallel.{error}") from None
         self.is_main = self.mesh.rank == 0
         if self.is_main:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         dist.barrier()
         self.processor = load_processor(config)  # on every rank, so that a bad path stops them all
+        self.drawing = load_drawing(config)
 
     def stage_export_dir(self, index: int) -> Path:
         return self.output_dir / "pretrained" / f"stage{index}"
@@ -287,7 +282,7 @@ class Trainer:
         engine = self._stage_engine(latest["stage"])
         checkpoint.load_checkpoint(engine, self.checkpoint_dir, latest["tag"])
         target = Path(directory) if directory else self.output_dir / "pretrained" / latest["tag"]
-        checkpoint.export_pretrained(engine, target, self.processor)
+        checkpoint.export_pretrained(engine, target, self.processor, self.drawing)
         engine.destroy()
         return target
 
@@ -309,7 +304,7 @@ class Trainer:
             step = state["step"]
             self._print(f"resumed stage {index} at step {step} from {self.checkpoint_dir / resumed['tag']}")
         StageRun(self, index, engine, batches, step).run()
-        checkpoint.export_pretrained(engine, self.stage_export_dir(index), self.processor)
+        checkpoint.export_pretrained(engine, self.stage_export_dir(index), self.processor, self.drawing)
         self._print(f"stage {index} done: weights exported to {self.stage_export_dir(index)}")
         engine.destroy()
 
@@ -382,7 +377,8 @@ class StageRun:
             export_every = config.checkpoint.export_every_steps
             if export_every and self.step % export_every == 0 and self.step < stage.steps:
                 checkpoint.export_pretrained(
-                    self.engine, self.trainer.output_dir / "pretrained" / self._tag(), self.trainer.processor
+                    self.engine, self.trainer.output_dir / "pretrained" / self._tag(), self.trainer.processor,
+                    self.trainer.drawing,
                 )
         bar.close()
 
@@ -396,24 +392,21 @@ class StageRun:
         return totals
 
     def micro_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        if "labels" in batch:  # whole rows (sp = 1): align targets the same way the sp shards are
-            batch = sequence_parallel_shard(batch, 0, 1)
-        batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
-        denominators = self.global_denominators(batch["shift_labels"], batch["loss_weights"])
-        ring = sequence_parallel(self.mesh.sp_group) if self.mesh.sp_size > 1 else nullcontext()
-        with ring:  # the backward recomputes checkpointed layers, which run the ring again
-            out = self.engine(**batch, loss_denominators=denominators)
-            parts = torch.stack([out.loss, out.text_loss, out.vision_loss]).detach().float()
-            dist.all_reduce(parts)  # the shards' losses add up to the global micro-batch's
-            loss, text_loss, vision_loss = parts.tolist()
-            if not math.isfinite(loss):
-                self._diverged(f"the loss is {loss}", self.step + 1)
-            # DeepSpeed averages gradients over its data-parallel world, i.e. all dp × sp ranks; each
-            # rank's loss is already its share of the global loss, so scale the average back to the sum.
-            self.engine.backward(out.loss * self.engine.dp_world_size)
-            if self.engine.is_gradient_accumulation_boundary() and not self.engine.zero_optimization():
-                self.fp32_grad_norm = self.unsharded_grad_norm()
-            self.engine.step()
+        inputs = model_inputs(batch, self.engine.module, self.mesh)
+        inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
+        denominators = self.global_denominators(inputs["shift_labels"], inputs["loss_weights"])
+        out = self.engine(**inputs, loss_denominators=denominators, sequence_parallel=self.mesh.sequence_parallel)
+        parts = torch.stack([out.loss, out.text_loss, out.vision_loss]).detach().float()
+        dist.all_reduce(parts)  # the shards' losses add up to the global micro-batch's
+        loss, text_loss, vision_loss = parts.tolist()
+        if not math.isfinite(loss):
+            self._diverged(f"the loss is {loss}", self.step + 1)
+        # DeepSpeed averages gradients over its data-parallel world, i.e. all dp × sp ranks; each
+        # rank's loss is already its share of the global loss, so scale the average back to the sum.
+        self.engine.backward(out.loss * self.engine.dp_world_size)
+        if self.engine.is_gradient_accumulation_boundary() and not self.engine.zero_optimization():
+            self.fp32_grad_norm = self.unsharded_grad_norm()
+        self.engine.step()
         return {"loss": loss, "text_loss": text_loss, "vision_loss": vision_loss}
 
     def unsharded_grad_norm(self) -> float:
@@ -423,10 +416,8 @@ class StageRun:
 
     def global_denominators(self, targets: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The (text, vision) loss-weight sums over the whole global micro-batch."""
-        valid = targets != IGNORE_INDEX
-        weights = weights.float() * valid
-        is_vision = targets >= self.vocab
-        sums = torch.stack([(weights * ~is_vision).sum(), (weights * is_vision).sum()])
+        text, vision = modality_weights(targets, weights, self.vocab)
+        sums = torch.stack([text.sum(), vision.sum()])
         dist.all_reduce(sums)
         return sums[0], sums[1]
 

@@ -1,4 +1,4 @@
-"""Writes synthetic checkpoints exactly the way LWM's JAX code does (spec §1, §2), without JAX.
+"""Writes synthetic checkpoints exactly the way LWM's JAX code does (docs/official-weights.md#the-formats), without JAX.
 
 tux's `StreamingCheckpointer` flattens the tree, casts float leaves to `float_dtype` (bf16 by default)
 and writes each leaf as one msgpack record `[key, flax.serialization.to_bytes(leaf)]` with a default
@@ -7,8 +7,8 @@ numpy scalar as ext type 3 and splits a leaf of more than `MAX_CHUNK_SIZE` bytes
 Everything below re-creates that from the spec's description; tests lower `max_chunk_bytes` to get
 chunked leaves at tiny sizes.
 
-The parameter trees are LWM's `FlaxVideoLLaMAForCausalLMModule` (§2.3): unscanned
-`transformer/h/<i>/...`, scanned `transformer/h/scan_decoder/...` with the layer axis at 0 or 1 (§2.4).
+The parameter trees are LWM's `FlaxVideoLLaMAForCausalLMModule`: unscanned
+`transformer/h/<i>/...`, scanned `transformer/h/scan_decoder/...` with the layer axis at 0 or 1.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def flatten(tree: dict, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[st
 
 
 def layer_shapes(dims: Dims) -> dict[str, tuple[int, ...]]:
-    """One decoder layer's leaves (relative to `transformer/h/<i>/`) and their Flax shapes (§2.3)."""
+    """One decoder layer's leaves (relative to `transformer/h/<i>/`) and their Flax shapes."""
     d, f = dims.hidden_size, dims.intermediate_size
     return {
         "attention/wq/kernel": (d, d),
@@ -171,7 +171,7 @@ def scan_layers(params: dict, axis: int = 0) -> dict:
 
 
 def train_state(params: dict, step: int = 1000, seed: int = 1) -> Iterator[tuple[tuple[str, ...], object]]:
-    """The flattened records of a flax TrainState with tux's optimizer (§1.1): step, params, Adam state."""
+    """The flattened records of a flax TrainState with tux's optimizer: step, params, Adam state."""
     rng = np.random.default_rng(seed)
     yield ("step",), step
     for key, value in flatten(params):

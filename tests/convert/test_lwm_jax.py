@@ -1,6 +1,6 @@
 """Converting LWM's JAX checkpoints: synthetic files in the official format (tests/convert/official_format.py)
 convert, and the converted model's logits on a multimodal sequence equal an independent NumPy forward of
-the original Flax-named tree with LWM's interleaved RoPE (spec §2.7, §3.1). That checks every transpose
+the original Flax-named tree with LWM's interleaved RoPE (docs/official-weights.md#the-formats). That checks every transpose
 and the q/k permutation. Also: processor prompt ids against plain SentencePiece, offloaded loading
 through accelerate, and clear errors for wrong files."""
 
@@ -42,8 +42,10 @@ CHUNK_BYTES = 30_000  # forces flax's chunked form on the embedding and the w1/w
 # ----------------------------------------------------------------------------- independent NumPy reference
 
 
-def reference_logits(params: dict, ids: np.ndarray, vision_mask: np.ndarray, num_heads: int, theta: float, eps: float = 1e-6) -> np.ndarray:
-    """LWM's forward (spec §2.7) on the unscanned Flax tree in float64: LWM ids (vision ids count from 0,
+def reference_logits(
+    params: dict, ids: np.ndarray, vision_mask: np.ndarray, num_heads: int, theta: float, eps: float = 1e-6
+) -> np.ndarray:
+    """LWM's forward on the unscanned Flax tree in float64: LWM ids (vision ids count from 0,
     picked out by `vision_mask`) -> [text | vision] logits."""
     t = params["transformer"]
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
@@ -123,7 +125,8 @@ def tokenizer_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def vqgan_pickle(tmp_path_factory):
     """A tiny VQGAN tree in LWM's Flax layout (1 level, 16x16 codes from a codebook of 32)."""
-    config = VQGANConfig(resolution=16, hidden_channels=32, channel_mult=(1,), num_res_blocks=1, z_channels=8, embed_dim=8, codebook_size=CODES)
+    config = VQGANConfig(resolution=16, hidden_channels=32, channel_mult=(1,), num_res_blocks=1, z_channels=8, embed_dim=8,
+                         codebook_size=CODES)
     rng = np.random.default_rng(0)
     tree: dict = {}
     for path, shape in expected_flax_shapes(config).items():
@@ -165,7 +168,8 @@ def converted(params, tmp_path_factory, vqgan_pickle, tokenizer_dir):
     root = tmp_path_factory.mktemp("converted")
     write_layout(params, "scanned-axis0-bf16-chunked", root / "params")
     out = root / "model"
-    args = tiny_args(root / "params", out, "--vqgan", str(vqgan_pickle), "--tokenizer", str(tokenizer_dir / "tokenizer.model"), "--shard-size", "0.0001")
+    args = tiny_args(root / "params", out, "--vqgan", str(vqgan_pickle), "--tokenizer", str(tokenizer_dir / "tokenizer.model"),
+                     "--shard-size", "0.0001")
     assert convert(*args) == 0
     return out
 
@@ -219,10 +223,11 @@ def test_text_only_llama_checkpoint_loads_in_plain_transformers(tmp_path):
 
 
 def test_qk_permutation_is_the_spec_index_map():
-    """Spec §3.3: new column h·d + k takes old column h·d + (2k if k < d/2 else 2(k - d/2) + 1)."""
+    """docs/official-weights.md#rope: new column h·d + k takes old column h·d + (2k if k < d/2 else 2(k - d/2) + 1)."""
     heads, head_dim = 3, 8
     kernel = np.arange(5 * heads * head_dim).reshape(5, heads * head_dim)
-    order = [h * head_dim + (2 * k if k < head_dim // 2 else 2 * (k - head_dim // 2) + 1) for h in range(heads) for k in range(head_dim)]
+    order = [h * head_dim + (2 * k if k < head_dim // 2 else 2 * (k - head_dim // 2) + 1)
+             for h in range(heads) for k in range(head_dim)]
     np.testing.assert_array_equal(lwm_jax.interleaved_to_half_split(kernel, heads), kernel[:, order])
 
 
@@ -248,7 +253,7 @@ def test_folder_holds_shards_config_tokenizer_and_processor(converted, params):
 
 @pytest.mark.parametrize("eov_after_every_frame", [False, True])
 def test_processor_builds_lwm_prompt_ids(params, tmp_path, vqgan_pickle, tokenizer_dir, eov_after_every_frame):
-    """LWM's prompts (spec §5.3, §5.4) with a single BOS, each segment encoded by plain SentencePiece."""
+    """LWM's prompts (docs/architecture.md#the-token-layout) with a single BOS, each segment encoded by plain SentencePiece."""
     write_streaming_checkpoint(tmp_path / "params", flatten(scan_layers(params, 0)))
     # release folders (files named `params`, `vqgan`, `tokenizer.model`) are accepted as they are
     extra = ["--vqgan", str(vqgan_pickle.parent), "--tokenizer", str(tokenizer_dir)]
@@ -309,7 +314,9 @@ def test_wrong_files_fail_with_clear_messages(params, tmp_path, tokenizer_dir, c
 
     small = random_params(Dims(300, 64, 96, 1, 4, 40), seed=1)
     write_streaming_checkpoint(tmp_path / "small", flatten(small))
-    assert convert(*tiny_args(tmp_path / "small", tmp_path / "o3", "--num-vision-codes", str(CODES), "--tokenizer", str(tokenizer_dir))) == 1
+    arguments = tiny_args(tmp_path / "small", tmp_path / "o3", "--num-vision-codes", str(CODES),
+                          "--tokenizer", str(tokenizer_dir))
+    assert convert(*arguments) == 1
     assert "400 pieces but the checkpoint's text table has 300 rows" in capsys.readouterr().err
 
     (tmp_path / "pickle").write_bytes(pickle.dumps({"params": 1}))

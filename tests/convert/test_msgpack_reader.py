@@ -1,6 +1,6 @@
 """The tux streaming-checkpoint reader: files written exactly as tux writes them (tests/convert/
 official_format.py) read back bit for bit, checked against the spec's byte dump and against the plain
-two-pass msgpack decoding of spec §1.5; malformed files fail with the file and record named."""
+two-pass msgpack decoding (docs/official-weights.md#the-params-file); malformed files fail with the file and record named."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tests.convert.official_format import (
 
 
 def reference_decode(path) -> dict:
-    """Spec §1.5 with msgpack doing all the work: unpack each record, unpack its value a second time
+    """The reading recipe with msgpack doing all the work: unpack each record, unpack its value a second time
     with an ext hook, un-chunk chunked maps. Arrays come back as (dtype name, raw little-endian bytes)."""
 
     def ext_hook(code, data):
@@ -41,7 +41,7 @@ def reference_decode(path) -> dict:
 
 
 def test_record_bytes_match_the_spec_dump(tmp_path):
-    """Spec §1.2's hexdump of a bf16 (10, 8) `transformer/wte/embedding` record."""
+    """The hexdump of a bf16 (10, 8) `transformer/wte/embedding` record (docs/official-weights.md#the-params-file)."""
     path = tmp_path / "params"
     write_streaming_checkpoint(path, [(("transformer", "wte", "embedding"), np.ones((10, 8), np.float32))])
     expected = (

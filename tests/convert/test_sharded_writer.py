@@ -18,7 +18,8 @@ def test_tensors_in_any_order_and_strided_views_round_trip(tmp_path, monkeypatch
     kernel = rng.standard_normal((7, 5)).astype(np.float32)
     bits = rng.integers(0, 2**16, (3, 6), dtype=np.uint16)  # bfloat16 bit patterns
     norm = rng.standard_normal(9).astype(np.float32)
-    specs = [TensorSpec("a.weight", (5, 7), "float32"), TensorSpec("b.weight", (3, 6), "bfloat16"), TensorSpec("c.weight", (9,), "float32")]
+    specs = [TensorSpec("a.weight", (5, 7), "float32"), TensorSpec("b.weight", (3, 6), "bfloat16"),
+             TensorSpec("c.weight", (9,), "float32")]
     writer = ShardedSafetensorsWriter(tmp_path, specs, max_shard_bytes=150)
     writer.write("c.weight", norm)
     writer.write("a.weight", kernel.T)  # a transposed view, as the converter passes them

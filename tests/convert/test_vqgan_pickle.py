@@ -35,7 +35,8 @@ MID_BLOCKS = 2
 
 
 def flax_tree(seed: int = 0, blocks: int = BLOCKS) -> dict:
-    """Random parameters under the Flax names and HWIO layouts of LWM's VQGAN, `blocks` res blocks a level."""
+    """Random parameters under the Flax names and HWIO layouts of LWM's VQGAN (docs/official-weights.md#the-vqgan),
+    `blocks` res blocks a level."""
     rng = np.random.default_rng(seed)
 
     def conv(k, c_in, c_out, gain=1.0):

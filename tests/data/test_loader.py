@@ -1,4 +1,5 @@
-"""The streaming loader: exact resume, disjoint and covering dp shards, task mixture, zigzag sp shards."""
+"""The streaming loader: exact resume, disjoint and covering dp shards, task mixture; its whole rows cut
+into zigzag sp shards by the trainer (`lwm.training.model_inputs`)."""
 
 import json
 import random
@@ -7,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from lwm.data.loader import ExampleStream, PackedLoader, TokenizedDataset, sequence_parallel_shard, zigzag_shard_local
 from lwm import media
-from lwm.data.tokenize import TokenizeConfig, tokenize_manifest
-from lwm.model.modeling_lwm import vision_grid_ids_of
-from lwm.tokenizers.configuration_vqgan import VQGANConfig
-from lwm.tokenizers.modeling_vqgan import VQGAN
-from lwm.tokenizers.text import train_text_tokenizer
-
+from lwm.data import ExampleStream, PackedLoader, TokenizeConfig, TokenizedDataset, tokenize_manifest
+from lwm.model import vision_grid_ids_of
+from lwm.parallel import Mesh, shard_sequence
+from lwm.tokenizers import VQGAN, VQGANConfig, train_text_tokenizer
+from lwm.training import model_inputs
+from tests.helpers.tiny import tiny_lm
 
 WORDS = "a red blue ball square moves left right up down the of and".split()
 
@@ -26,7 +26,8 @@ def tokenized(root, records):
     train_text_tokenizer([str(root / "corpus.txt")], 300, str(root / "tokenizer"))
     VQGAN(VQGANConfig.from_preset("tiny", kmeans_init=False)).save_pretrained(root / "vqgan")
     (root / "manifest.jsonl").write_text("\n".join(json.dumps(record) for record in records))
-    config = TokenizeConfig(str(root / "manifest.jsonl"), str(root / "out"), str(root / "tokenizer"), str(root / "vqgan"), shard_size=16)
+    config = TokenizeConfig(str(root / "manifest.jsonl"), str(root / "out"), str(root / "tokenizer"), str(root / "vqgan"),
+                            shard_size=16)
     tokenize_manifest(config, progress=False)
     return TokenizedDataset(root / "out")
 
@@ -110,10 +111,12 @@ def test_task_weights(dataset):
 
 def test_zigzag_sequence_parallel_shards(dataset):
     batch = next(PackedLoader(dataset, seq_len=48, batch_size=2, seed=1))
-    assert zigzag_shard_local(torch.arange(8), 0, 2).tolist() == [0, 1, 6, 7]
-    assert zigzag_shard_local(torch.arange(8), 1, 2).tolist() == [2, 3, 4, 5]
+    model = tiny_lm()
+    sp = lambda rank, world: Mesh(rank, world, world, None)  # noqa: E731  (rank's place in one sp group)
+    assert shard_sequence(torch.arange(8), 0, 0, 2).tolist() == [0, 1, 6, 7]
+    assert shard_sequence(torch.arange(8), 0, 1, 2).tolist() == [2, 3, 4, 5]
     world = 3
-    shards = [sequence_parallel_shard(batch, rank, world) for rank in range(world)]
+    shards = [model_inputs(batch, model, sp(rank, world)) for rank in range(world)]
     chunk = 48 // (2 * world)
     for key in ("input_ids", "segment_ids", "position_ids"):
         rebuilt = torch.empty_like(batch[key])
@@ -122,13 +125,14 @@ def test_zigzag_sequence_parallel_shards(dataset):
             rebuilt[:, (2 * world - 1 - rank) * chunk : (2 * world - rank) * chunk] = shard[key][:, chunk:]
         assert torch.equal(rebuilt, batch[key])
     # shift labels: position t carries labels[t + 1] of the same document, computed before cutting
-    full = sequence_parallel_shard(batch, 0, 1)
+    full = model_inputs(batch, model, sp(0, 1))
     same_document = batch["segment_ids"][:, 1:] == batch["segment_ids"][:, :-1]
     expected = torch.where(same_document, batch["labels"][:, 1:], -100)
     assert torch.equal(full["shift_labels"][:, :-1], expected) and full["shift_labels"][:, -1].eq(-100).all()
     assert torch.equal(full["loss_weights"][:, :-1], torch.where(same_document, batch["loss_weights"][:, 1:], 0.0))
-    with pytest.raises(ValueError, match="divisible"):
-        PackedLoader(dataset, seq_len=50, batch_size=1, sp_size=2)
+    odd = next(PackedLoader(dataset, seq_len=50, batch_size=1, seed=1))
+    with pytest.raises(ValueError, match="cannot be cut into 4 equal chunks"):
+        model_inputs(odd, model, sp(0, 2))
 
 
 def test_sequence_parallel_batches_carry_the_places_of_codes_counted_on_whole_rows(tmp_path):
@@ -138,12 +142,15 @@ def test_sequence_parallel_batches_carry_the_places_of_codes_counted_on_whole_ro
     images = tokenized(tmp_path, [{"image": str(tmp_path / f"{index}.png"), "caption": "a red ball", "task": "image"}
                                   for index in range(4)])
     whole = next(PackedLoader(images, seq_len=96, batch_size=2, seed=1))
-    grid_ids = vision_grid_ids_of(whole["input_ids"], images.text_vocab_size, images.codebook_size)
+    codes, grid = images.index["codebook_size"], round(images.index["codes_per_frame"] ** 0.5)
+    model = tiny_lm(vocab_size=images.text_vocab_size, num_vision_codes=codes, vision_vocab_size=codes + 2,
+                    vision_grid_size=grid)
+    grid_ids = vision_grid_ids_of(whole["input_ids"], images.text_vocab_size, codes)
     assert grid_ids.max() > 0  # the rows hold frames
     for rank in range(2):
-        shard = next(PackedLoader(images, seq_len=96, batch_size=2, seed=1, sp_rank=rank, sp_size=2))
-        assert torch.equal(shard["vision_grid_ids"], zigzag_shard_local(grid_ids, rank, 2))
-        assert torch.equal(shard["input_ids"], zigzag_shard_local(whole["input_ids"], rank, 2))
+        shard = model_inputs(whole, model, Mesh(rank, 2, 2, None))
+        assert torch.equal(shard["vision_grid_ids"], shard_sequence(grid_ids, 1, rank, 2))
+        assert torch.equal(shard["input_ids"], shard_sequence(whole["input_ids"], 1, rank, 2))
 
 
 def test_batches_are_packed_rows(dataset):

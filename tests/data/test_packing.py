@@ -51,6 +51,25 @@ def test_row_layout_and_weights():
         assert weights[torch.from_numpy(~trained)].eq(0).all()
 
 
+def test_prompt_vision_can_be_trained_too():
+    examples = examples_with(1, [12, 10])
+    plain, with_prompt_vision = (pack_row(examples, 24, TEXT_VOCAB, train_prompt_vision=on) for on in (False, True))
+    start = 0
+    for ids, mask in examples:
+        span = slice(start, start + len(ids))
+        is_vision = ids >= TEXT_VOCAB
+        trained = mask.astype(bool) | is_vision
+        trained[0] = False
+        assert with_prompt_vision["labels"][span].tolist() == np.where(trained, ids, -100).tolist()
+        prompt_vision = torch.from_numpy(is_vision & ~mask.astype(bool))
+        prompt_vision[0] = False
+        assert prompt_vision.any() and plain["labels"][span][prompt_vision].eq(-100).all()
+        text = torch.from_numpy(trained & ~is_vision)  # text targets keep their weights
+        assert torch.equal(with_prompt_vision["loss_weights"][span][text], plain["loss_weights"][span][text])
+        assert with_prompt_vision["loss_weights"][span][torch.from_numpy(trained & is_vision)].sum().item() == pytest.approx(1.0)
+        start += len(ids)
+
+
 def test_allowed_attention_never_crosses_a_boundary():
     examples = examples_with(1, [7, 3, 11, 6])
     row = pack_row(examples, 32, TEXT_VOCAB)
@@ -93,7 +112,8 @@ def run_alone(model, ids, mask):
 
 def run_packed(model, batch, **kwargs):
     with torch.no_grad():
-        return model(**{key: batch[key] for key in ("input_ids", "labels", "loss_weights", "position_ids", "segment_ids")}, **kwargs)
+        inputs = {key: batch[key] for key in ("input_ids", "labels", "loss_weights", "position_ids", "segment_ids")}
+        return model(**inputs, **kwargs)
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "blockwise"])

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from lwm import world
 from lwm.cli import main as lwm_main
-from lwm.data import needle as needles
-from lwm.data import world
 from lwm.eval import bars, needle, report
 from lwm.eval.world import (
     WorldEvalConfig,
@@ -26,8 +26,8 @@ from lwm.eval.world import (
     evaluate_world,
     held_out_clips,
 )
-from lwm.tokenizers.processing_lwm import CAPTION_REQUESTS
-from tests.serve.conftest import build_tiny_model_dir
+from lwm.tokenizers import CAPTION_REQUESTS
+from lwm.world import needles
 
 CONFIG = WorldEvalConfig(seeds=3, video_frames=6, context_frames=4, continuation_frames=3)
 
@@ -195,10 +195,10 @@ def test_needle_answers_are_scored_by_the_number(tiny_model):
     assert example.is_correct(f"It is {example.answer}.") and not example.is_correct("It is 12.")
 
 
-def test_needle_across_ring_ranks_matches_one_process(tiny_model, tiny_model_folder):
+def test_needle_across_ring_ranks_matches_one_process(tiny_model, tiny_model_dir):
     config = needle.NeedleEvalConfig(trained_length=160, multiples=(1, 2), depths=(0.5,), seeds=1,
                                      rope_scalings=("ntk",), ring_multiples=(1,), max_new_tokens=4)
-    result = needle.evaluate_needle(tiny_model.model, tiny_model.processor, config, model_dir=tiny_model_folder)
+    result = needle.evaluate_needle(tiny_model.model, tiny_model.processor, config, model_dir=tiny_model_dir)
     assert set(result["metrics"]) == {"accuracy@1x", "accuracy@2x.ntk", "accuracy@ring2.1x", "agreement@ring2.1x"}
     assert result["metrics"]["agreement@ring2.1x"] == 1.0  # sharded decoding is exact
     assert result["rope"]["2x.ntk"]["rope_theta"] > result["rope"]["1x"]["rope_theta"]
@@ -250,26 +250,19 @@ def test_pictures_and_json(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_model_folder(tmp_path_factory):
-    return build_tiny_model_dir(tmp_path_factory.mktemp("eval-tiny"))
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_model_folder):
+def tiny_model(tiny_model_dir):
     from lwm.api import LWM
 
-    return LWM.from_pretrained(tiny_model_folder)
+    return LWM.from_pretrained(tiny_model_dir)
 
 
-def test_random_model_runs_end_to_end_and_fails_its_bars(tiny_model_folder, tmp_path, capsys):
-    (tiny_model_folder / bars.BARS_FILE).write_text(json.dumps({"video_qa.accuracy": 0.5}))
-    try:
-        code = lwm_main(["eval", "--model", str(tiny_model_folder), "--out", str(tmp_path), "--quick", "--seeds", "1",
-                         "--video-frames", "2", "--trained-length", "160",
-                         "--bar", "text_to_video.accuracy>=0.5", "--bar", "tokenizer.psnr>=0",
-                         "--bar", "needle.accuracy@1x>=0.5"])
-    finally:
-        (tiny_model_folder / bars.BARS_FILE).unlink()
+def test_random_model_runs_end_to_end_and_fails_its_bars(tiny_model_dir, tmp_path, capsys):
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "model")  # with bars of its own, as a shipped model has
+    (folder / bars.BARS_FILE).write_text(json.dumps({"video_qa.accuracy": 0.5}))
+    code = lwm_main(["eval", "--model", str(folder), "--out", str(tmp_path), "--quick", "--seeds", "1",
+                     "--video-frames", "2", "--trained-length", "160",
+                     "--bar", "text_to_video.accuracy>=0.5", "--bar", "tokenizer.psnr>=0",
+                     "--bar", "needle.accuracy@1x>=0.5"])
     assert code == 1
     out = capsys.readouterr()
     assert "video_qa.accuracy" in out.out and "FAIL" in out.out and "bars not met" in out.err
@@ -280,22 +273,39 @@ def test_random_model_runs_end_to_end_and_fails_its_bars(tiny_model_folder, tmp_
     assert verdicts == {"text_to_video.accuracy": False, "tokenizer.psnr": True, "video_qa.accuracy": False,
                         "needle.accuracy@1x": False}
     assert result["metrics"]["video_qa.accuracy"] < 0.5 and result["metrics"]["needle.accuracy@1x"] == 0
-    assert 0 <= result["metrics"]["tokenizer.code_stability"] <= 1  # reported; its values: test_vqgan_metrics.py
+    assert 0 <= result["metrics"]["tokenizer.code_stability"] <= 1  # reported; its values: test_reconstruction.py
+    for name in ("free_running", "teacher_forced", "static_baseline"):  # frames 1-2 of the quick continuation
+        assert all(0 <= result["metrics"][f"continuation.{name}.code_agreement@{k}"] <= 1 for k in (1, 2))
+    assert "continuation.teacher_forced.direction_kept" in result["metrics"]
     assert result["tasks"]["video_qa"]["seeds"] == [world.split_seeds("held_out")[0]]
-    assert result["tasks"]["video_qa"]["questions"] == len(world.questions(world.generate_clip(result["tasks"]["video_qa"]["seeds"][0])))
+    first_clip = world.generate_clip(result["tasks"]["video_qa"]["seeds"][0])
+    assert result["tasks"]["video_qa"]["questions"] == len(world.questions(first_clip))
     for picture in ("text_to_image.png", "text_to_video.png", "continuation.png", "needle_heatmap.png"):
         assert Image.open(tmp_path / picture).width > 0
     assert sorted(result["pictures"]) == sorted(["text_to_image.png", "text_to_video.png", "continuation.png",
                                                  "needle_heatmap.png"])
 
 
-def test_cli_passes_bars_it_meets_and_names_bad_input(tiny_model_folder, tmp_path, capsys):
-    code = lwm_main(["eval", "--model", str(tiny_model_folder), "--out", str(tmp_path), "--quick", "--seeds", "1",
+def test_cli_passes_bars_it_meets_and_names_bad_input(tiny_model_dir, tmp_path, capsys):
+    code = lwm_main(["eval", "--model", str(tiny_model_dir), "--out", str(tmp_path), "--quick", "--seeds", "1",
                      "--tasks", "tokenizer", "--bar", "tokenizer.codebook_usage>=0", "--bar", "needle.accuracy@1x>=0.9"])
     assert code == 0
     verdicts = {v["metric"]: v["status"] for v in json.loads((tmp_path / "report.json").read_text())["bars"]}
     assert verdicts == {"tokenizer.codebook_usage": "ok", "needle.accuracy@1x": "skipped (task not run)"}
-    assert lwm_main(["eval", "--model", str(tiny_model_folder), "--out", str(tmp_path), "--bar", "psnr=3"]) == 1
+    assert lwm_main(["eval", "--model", str(tiny_model_dir), "--out", str(tmp_path), "--bar", "psnr=3"]) == 1
     assert "METRIC>=VALUE" in capsys.readouterr().err
     assert lwm_main(["eval", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 1
     assert "not a model folder" in capsys.readouterr().err
+
+
+def test_teacher_forcing_reads_back_a_greedy_continuation_exactly(tiny_model):
+    from lwm.eval.world import teacher_forced_codes
+    from lwm.generation.sampling import GREEDY
+
+    clip = world.generate_clip(world.split_seeds("held_out")[0])
+    given = torch.from_numpy(tiny_model.processor.encode_media({"type": "video", "frames": clip.frames[:2]}))
+    drawn = tiny_model.continue_codes(given, 2, GREEDY)
+    # each greedy code is the argmax given the codes before it, which is what teacher forcing reads
+    assert torch.equal(teacher_forced_codes(tiny_model, given, drawn), drawn)
+    other = (drawn + 1) % tiny_model.processor.codebook_size
+    assert torch.equal(teacher_forced_codes(tiny_model, given, other)[0, 0, 0], drawn[0, 0, 0])

@@ -9,7 +9,8 @@ from lwm.generation.logits_process import (
     VisionOnlyLogitsProcessor,
     keep_interval,
 )
-from lwm.model import LWMConfig, LWMForCausalLM
+from lwm.model import LWMConfig
+from tests.helpers.tiny import tiny_lm
 
 V, K, CODES = 32, 8, 4  # a toy id space: 32 text ids, 8 codes, 4 codes per frame
 WIDTH = V + K + 6  # the vision vocabulary holds 4 reserved ids after <eof>, <eov>
@@ -103,13 +104,8 @@ def test_frame_structure_rows_at_different_stages():
     assert (allowed[1], allowed[3]) == ({EOF}, {EOV})
 
 
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return LWMForCausalLM(LWMConfig.from_preset("tiny")).eval()
-
-
 def test_text_only_in_hf_generate_never_yields_a_vision_id():
-    model = tiny_model()
+    model = tiny_lm()
     config = model.config
     with torch.no_grad():  # make vision ids the model's favourites, so the mask has work to do
         model.vision_head.weight.mul_(50)
@@ -128,7 +124,7 @@ def test_text_only_in_hf_generate_never_yields_a_vision_id():
 
 
 def test_frame_structure_in_hf_generate():
-    model = tiny_model()
+    model = tiny_lm()
     config = model.config
     layout = FrameLayout.from_config(config, 4)
     with torch.no_grad():  # reserved vision ids and text become the model's favourites

@@ -14,6 +14,7 @@ from lwm.generation.vision import (
 )
 from lwm.model import LWMConfig, LWMForCausalLM
 from lwm.tokenizers.processing_lwm import LWMProcessor
+from tests.helpers.tiny import tiny_lm
 
 FRAME = (2, 2)  # 4 codes per frame keeps the tests fast; LWM has 16 x 16
 CONDITIONAL = [torch.tensor([1, 40, 41, 42, 43, 44, 45]), torch.tensor([1, 50, 51, 52])]
@@ -22,8 +23,7 @@ UNCONDITIONAL = torch.tensor([1, 60, 61])
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    model = LWMForCausalLM(LWMConfig.from_preset("tiny")).eval()
+    model = tiny_lm()
     with torch.no_grad():  # reserved vision ids and text become the favourites: the constraints must hold
         model.vision_head.weight[model.config.num_vision_codes :].mul_(30)
         model.lm_head.weight.mul_(10)

@@ -24,7 +24,7 @@ def test_counts_match_a_real_model_and_its_cache():
 
 def test_lwm_7b_numbers():
     needs = memory_needs(LWMConfig.from_preset("lwm-7b"))
-    assert needs.parameters == 6_807_621_632  # spec §2.5: LLaMA-7B + 2 x 8448 x 4096
+    assert needs.parameters == 6_807_621_632  # LLaMA-7B + 2 x 8448 x 4096 (docs/official-weights.md)
     assert needs.weight_bytes == 13_615_243_264
     assert needs.kv_bytes_per_1k_tokens() == 512 * 2**20 and needs.kv_bytes_per_1k_tokens(per_layer=True) == 16 * 2**20
     on_16 = fit(needs, 16 * GIB)

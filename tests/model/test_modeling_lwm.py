@@ -3,16 +3,13 @@ import warnings
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicCache
 
-from lwm.model import LWMConfig, LWMForCausalLM, lwm_loss
-from lwm.model.modeling_lwm import vision_grid_ids_of
-
-
-def tiny_model(backend="sdpa", seed=0, **overrides):
-    torch.manual_seed(seed)
-    return LWMForCausalLM(LWMConfig.from_preset("tiny", attn_implementation=backend, **overrides)).eval()
+from lwm.model import LWMConfig, LWMForCausalLM, lwm_loss, vision_grid_ids_of
+from lwm.model.modeling_lwm import rotary_axes
+from tests.helpers.tiny import tiny_lm
 
 
 def multimodal_ids(config, batch=2, length=48, seed=0):
@@ -25,9 +22,9 @@ def multimodal_ids(config, batch=2, length=48, seed=0):
     return ids
 
 
-def grid_model(backend="sdpa"):
+def grid_model(backend="sdpa", rope_3d=False):
     """A tiny model with a 4 x 4 code grid whose row and column vectors are not zero."""
-    model = tiny_model(backend, vision_grid_size=4)
+    model = tiny_lm(backend, vision_grid_size=4, vision_rope_3d=rope_3d)
     with torch.no_grad():
         model.vision_grid.rows.normal_()
         model.vision_grid.columns.normal_()
@@ -51,7 +48,7 @@ def test_presets_and_validation():
 
 
 def test_logits_are_text_then_vision_and_tables_are_separate():
-    model = tiny_model()
+    model = tiny_lm("sdpa")
     config = model.config
     ids = multimodal_ids(config)
     logits = model(ids).logits
@@ -66,13 +63,13 @@ def test_logits_are_text_then_vision_and_tables_are_separate():
 
 
 def test_out_of_range_ids_are_a_clear_error():
-    model = tiny_model()
+    model = tiny_lm("sdpa")
     with pytest.raises(ValueError, match="token ids must lie in"):
         model(torch.tensor([[model.config.total_vocab_size]]))
 
 
 def test_loss_is_half_text_plus_half_vision_over_own_positions():
-    model = tiny_model()
+    model = tiny_lm("sdpa")
     config = model.config
     ids = multimodal_ids(config)
     out = model(ids, labels=ids)
@@ -98,7 +95,7 @@ def test_loss_weights_weigh_each_target():
 @pytest.mark.parametrize("backend", ["blockwise", "eager"])
 def test_backends_agree_with_sdpa(backend):
     ids = multimodal_ids(LWMConfig.from_preset("tiny"))
-    reference, other = tiny_model("sdpa"), tiny_model(backend)
+    reference, other = tiny_lm("sdpa"), tiny_lm(backend)
     segments = torch.tensor([[1] * 20 + [2] * 28, [1] * 48])
     for kwargs in ({}, {"segment_ids": segments}):
         want, got = reference(ids, labels=ids, **kwargs), other(ids, labels=ids, **kwargs)
@@ -108,7 +105,7 @@ def test_backends_agree_with_sdpa(backend):
 
 @pytest.mark.parametrize("backend", ["sdpa", "blockwise"])
 def test_packed_row_equals_documents_run_separately(backend):
-    model = tiny_model(backend)
+    model = tiny_lm(backend)
     config = model.config
     first, second = multimodal_ids(config, 1, 20, seed=1), multimodal_ids(config, 1, 28, seed=2)
     packed = torch.cat([first, second], dim=1)
@@ -119,7 +116,7 @@ def test_packed_row_equals_documents_run_separately(backend):
 
 
 def test_no_position_attends_across_a_document_boundary():
-    model = tiny_model("blockwise")
+    model = tiny_lm("blockwise")
     ids = multimodal_ids(model.config, 1, 40)
     segments = torch.tensor([[1] * 15 + [2] * 25])
     base = model(ids, segment_ids=segments).logits
@@ -130,7 +127,7 @@ def test_no_position_attends_across_a_document_boundary():
 
 
 def test_greedy_generate_with_cache_equals_recomputation():
-    model = tiny_model("blockwise")
+    model = tiny_lm("blockwise")
     prompt = multimodal_ids(model.config, 2, 12)
     generated = model.generate(prompt, max_new_tokens=10, do_sample=False, use_cache=True, pad_token_id=0)
     ids = prompt
@@ -142,7 +139,7 @@ def test_greedy_generate_with_cache_equals_recomputation():
 
 @pytest.mark.parametrize("name", ["cache", "past_key_values"])  # the names after and before transformers 5.24
 def test_a_cache_passed_under_either_name_continues_the_sequence(name):
-    model = tiny_model("sdpa")
+    model = tiny_lm("sdpa")
     ids = multimodal_ids(model.config, 1, 9)
     cache = DynamicCache(config=model.config)
     model(ids[:, :8], use_cache=True, **{name: cache})
@@ -152,7 +149,7 @@ def test_a_cache_passed_under_either_name_continues_the_sequence(name):
 
 
 def test_left_padded_generation_matches_unpadded():
-    model = tiny_model("sdpa")
+    model = tiny_lm("sdpa")
     prompt = multimodal_ids(model.config, 1, 10)
     padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), prompt], dim=1)
     mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 10, dtype=torch.long)], dim=1)
@@ -190,7 +187,7 @@ def test_the_grid_adds_each_codes_row_and_column_vector_and_leaves_text_alone():
 
 
 def test_a_grid_added_to_a_trained_model_changes_nothing_until_trained(tmp_path):
-    model = tiny_model()
+    model = tiny_lm("sdpa")
     model.save_pretrained(tmp_path)
     grown = LWMForCausalLM.from_pretrained(tmp_path, vision_grid_size=4, attn_implementation="sdpa").eval()
     ids = multimodal_ids(model.config)
@@ -203,8 +200,9 @@ def test_a_grid_added_to_a_trained_model_changes_nothing_until_trained(tmp_path)
     assert changed[:first_code].max() == 0 and changed[first_code:].min() > 0
 
 
-def test_decoding_a_grid_model_needs_the_grid_ids_and_then_equals_recomputation():
-    model = grid_model()
+@pytest.mark.parametrize("rope_3d", [False, True])
+def test_decoding_a_grid_model_needs_the_grid_ids_and_then_equals_recomputation(rope_3d):
+    model = grid_model(rope_3d=rope_3d)
     ids = multimodal_ids(model.config)
     full = model(ids).logits
     cache = DynamicCache(config=model.config)
@@ -218,8 +216,9 @@ def test_decoding_a_grid_model_needs_the_grid_ids_and_then_equals_recomputation(
         torch.testing.assert_close(step[:, 0], full[:, position], atol=1e-5, rtol=0)
 
 
-def test_generate_feeds_a_grid_model_its_grid_ids():
-    model = grid_model("blockwise")
+@pytest.mark.parametrize("rope_3d", [False, True])
+def test_generate_feeds_a_grid_model_its_grid_ids(rope_3d):
+    model = grid_model("blockwise", rope_3d)
     prompt = multimodal_ids(model.config, 2, 24)[:, :14]  # ends inside a run of codes
     generated = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
     ids = prompt
@@ -229,7 +228,7 @@ def test_generate_feeds_a_grid_model_its_grid_ids():
 
 
 def test_save_and_load_round_trip_is_exact(tmp_path):
-    model = tiny_model("blockwise")
+    model = tiny_lm("blockwise")
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "lwm"
@@ -266,8 +265,35 @@ def test_flash_attention_2_agrees_with_sdpa_on_gpu():
     # transformers' flash path recognises packing from restarting position_ids in a batch of one row.
     ids = multimodal_ids(LWMConfig.from_preset("tiny"), batch=1).cuda()
     segments = torch.tensor([[1] * 20 + [2] * 28]).cuda()
-    reference = tiny_model("sdpa").cuda().to(torch.bfloat16)
-    flash = tiny_model("flash_attention_2").cuda().to(torch.bfloat16)
+    reference = tiny_lm("sdpa").cuda().to(torch.bfloat16)
+    flash = tiny_lm("flash_attention_2").cuda().to(torch.bfloat16)
     for kwargs in ({}, {"segment_ids": segments}):
         want, got = reference(ids, **kwargs).logits.float(), flash(ids, **kwargs).logits.float()
         torch.testing.assert_close(got, want, atol=3e-2, rtol=0)
+
+
+def test_rotary_axes_give_codes_their_row_and_column_and_text_its_position():
+    # text at 0-1, a 2 x 2 frame at 2-5, <eof> at 6, the next frame at 7-10, text at 11
+    grid_ids = torch.tensor([[-1, -1, 0, 1, 2, 3, -1, 0, 1, 2, 3, -1]])
+    positions = torch.arange(12)[None]
+    sequence, row, column = rotary_axes(positions, grid_ids, grid_size=2)
+    assert sequence.tolist() == positions.tolist()
+    assert row.tolist() == [[0, 1, 2, 2, 3, 3, 6, 7, 7, 8, 8, 11]]
+    assert column.tolist() == [[0, 1, 2, 3, 2, 3, 6, 7, 8, 7, 8, 11]]
+
+
+def test_rope_3d_leaves_text_as_1d_rope_and_turns_codes_by_their_place():
+    flat, rotated = tiny_lm(vision_grid_size=4), tiny_lm(vision_grid_size=4, vision_rope_3d=True)
+    rotated.load_state_dict(flat.state_dict())
+    text = torch.randint(3, flat.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(rotated(text).logits, flat(text).logits, rtol=0, atol=0)
+    ids = multimodal_ids(flat.config)
+    changed = (rotated(ids).logits - flat(ids).logits).abs().amax(dim=(0, 2))
+    first_code = ids.shape[1] // 4
+    assert changed[: first_code + 1].max() == 0  # a frame's first code is at row 0, column 0 of its frame
+    assert changed[first_code + 2 :].min() > 0
+
+
+def test_rope_3d_needs_the_grid():
+    with pytest.raises(StrictDataclassClassValidationError, match="vision_rope_3d needs vision_grid_size"):
+        LWMConfig.from_preset("tiny", vision_rope_3d=True)

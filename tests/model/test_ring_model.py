@@ -9,9 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from lwm.model import LWMConfig, LWMForCausalLM
-from lwm.model.modeling_lwm import IGNORE_INDEX
-from lwm.parallel import sequence_parallel, zigzag_shard
+from lwm.model import IGNORE_INDEX, LWMConfig, LWMForCausalLM
+from lwm.parallel import SequenceParallel, shard_sequence
 from tests.helpers.distributed import run_distributed
 
 BATCH, LENGTH = 2, 48  # zigzag pieces of 12 positions at sp = 2
@@ -50,8 +49,9 @@ def shifted_targets(labels, loss_weights, segment_ids):
 
 def check_model_gradients(rank, world):
     torch.manual_seed(0)
-    # With a code grid (vectors not zero), whose places are counted on the whole rows and sharded with them.
-    tiny = dict(attn_q_chunk=8, attn_kv_chunk=8, vision_grid_size=4)
+    # With a code grid (vectors not zero, rotary axes too), whose places are counted on the whole rows
+    # and sharded with them.
+    tiny = dict(attn_q_chunk=8, attn_kv_chunk=8, vision_grid_size=4, vision_rope_3d=True)
     config = LWMConfig.from_preset("tiny", attn_implementation="sdpa", **tiny)
     reference = LWMForCausalLM(config)
     with torch.no_grad():
@@ -72,18 +72,17 @@ def check_model_gradients(rank, world):
     valid = targets != IGNORE_INDEX
     is_vision = targets >= config.vocab_size
     denominators = ((weights * (valid & ~is_vision)).sum(), (weights * (valid & is_vision)).sum())
-    shard = lambda x: zigzag_shard(x, dim=1)  # noqa: E731
+    shard = lambda x: shard_sequence(x, 1, rank, world)  # noqa: E731
     for checkpointing in (False, True):  # recomputing a layer in the backward pass runs its ring again
         if checkpointing:
             model.activation_checkpointing_enable()
         model.zero_grad()
-        with sequence_parallel():
-            out = model(
-                input_ids=shard(input_ids), position_ids=shard(positions), segment_ids=shard(segment_ids),
-                vision_grid_ids=shard(grid_ids), shift_labels=shard(targets), loss_weights=shard(weights),
-                loss_denominators=denominators,
-            )
-            out.loss.backward()
+        out = model(
+            input_ids=shard(input_ids), position_ids=shard(positions), segment_ids=shard(segment_ids),
+            vision_grid_ids=shard(grid_ids), shift_labels=shard(targets), loss_weights=shard(weights),
+            loss_denominators=denominators, sequence_parallel=SequenceParallel(),
+        )
+        out.loss.backward()  # with checkpointing, the layers' recomputation gets the group again from their arguments
 
         label = f"rank {rank}, checkpointing={checkpointing}"
         loss = out.loss.detach().clone()

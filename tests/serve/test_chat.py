@@ -179,7 +179,7 @@ def test_set_show_and_bad_values(lwm, tmp_path):
     )
     repl.run()
     text = out.getvalue()
-    assert repl.settings.temperature == 0.7 and repl.settings.top_k == 20 and repl.settings.frames == 8
+    assert repl.settings.temperature == 0.7 and repl.settings.top_k == 20 and repl.settings.frames is None  # the model's
     assert "Error: 0 is not a valid frames" in text
     assert "Error: unknown parameter 'colour'" in text
     assert "Error: 2 is not a valid top_p" in text

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from lwm import media
 from lwm.api import LWM
+from lwm.cli import chat as chat_command
 from lwm.cli import main
-from lwm.serve import chat_cli
 from lwm.serve.chat import BUNDLED_SAMPLE, GREETING, ChatRepl, ChatSettings, bundled_greeting
 from tests.helpers.hostile_media import write_corpus
 
@@ -175,7 +175,7 @@ class TerminalInput(io.StringIO):
 
 
 def test_no_progress_line_is_left_where_no_terminal_clears_it(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(chat_cli, "HISTORY_FILE", tmp_path / "history")
+    monkeypatch.setattr(chat_command, "HISTORY_FILE", tmp_path / "history")
     monkeypatch.setattr(sys, "stdin", TerminalInput("/set frames 1\n/animate a ball\n/continue 1\n"))
     assert main(["chat", "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "out"), "--nohistory"]) == 0
     captured = capsys.readouterr()
@@ -191,7 +191,7 @@ def test_the_bundled_greeting_says_what_the_model_knows_and_offers_its_sample(tm
     assert "synthetic world" in " ".join(greeting.split())
     assert f"/video {BUNDLED_SAMPLE}" in greeting
     assert media.sniff_media_type(BUNDLED_SAMPLE) == "video"
-    monkeypatch.setattr(chat_cli, "HISTORY_FILE", tmp_path / "history")
+    monkeypatch.setattr(chat_command, "HISTORY_FILE", tmp_path / "history")
     monkeypatch.setattr(sys, "stdin", TerminalInput(f"/video {BUNDLED_SAMPLE}\nHow many objects are there?\n"))
     assert main(["chat", "--nohistory", "--output-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -199,7 +199,7 @@ def test_the_bundled_greeting_says_what_the_model_knows_and_offers_its_sample(tm
 
 
 def test_another_model_gets_the_plain_greeting(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(chat_cli, "HISTORY_FILE", tmp_path / "history")
+    monkeypatch.setattr(chat_command, "HISTORY_FILE", tmp_path / "history")
     monkeypatch.setattr(sys, "stdin", TerminalInput("/bye\n"))
     assert main(["chat", "--model", str(tiny_model_dir), "--nohistory"]) == 0
     assert capsys.readouterr().out.startswith(GREETING)

@@ -22,9 +22,10 @@ from PIL import Image
 
 from lwm import media
 from lwm.api import LWM
+from lwm.serve import ServerConfig, create_app
 from lwm.serve.media_fetch import MediaPolicy
-from lwm.serve.server import ServerConfig, create_app
-from tests.serve.conftest import CONTEXT, RESOLUTION, serving
+from tests.helpers.serving import serving
+from tests.helpers.tiny import CONTEXT, RESOLUTION
 
 MEDIA_LIMIT = 64 << 10
 BODY_LIMIT = 256 << 10
@@ -316,9 +317,10 @@ def test_health_is_503_while_loading_and_requests_wait_for_the_model(lwm):
         assert http.get("/health").json() == {"status": "ok"}
 
 
-def test_input_videos_are_sampled_down_to_the_server_frame_cap(lwm, folders):
+def test_input_videos_are_read_as_the_model_s_frame_count(lwm, folders):
     clip = folders / "allowed" / "clip.mp4"  # 6 frames
-    with TestClient(create_app(lambda: lwm, ServerConfig(max_input_frames=2))) as http:
+    two_frame_model = LWM(lwm.model, lwm.processor, max_frames=2)  # as `lwm serve --max-frames 2` loads it
+    with TestClient(create_app(lambda: two_frame_model)) as http:
         while http.get("/health").status_code != 200:
             time.sleep(0.01)
         response = http.post("/v1/chat/completions", json={"messages": user("what?", video_part(data_url(clip))),

@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lwm.api import LWM
+from lwm.serve import ServerConfig, create_app
 from lwm.serve.media_fetch import MediaPolicy
-from lwm.serve.server import ServerConfig, create_app
 from tests.helpers.hostile_media import write_corpus
-from tests.serve.conftest import serving
+from tests.helpers.serving import serving
 
 # What exception text looks like; none of it may reach a client.
 EXCEPTION_WORDS = ("Traceback", "Errno", "avcodec", "Invalid data found", "PIL", "object at 0x", "File \"",

@@ -1,4 +1,4 @@
-"""LWMProcessor: LWM's token layout (spec §5), built independently from the spec's segment recipe."""
+"""LWMProcessor: LWM's token layout (docs/architecture.md), built independently from LWM's segment recipe."""
 
 import random
 
@@ -245,7 +245,8 @@ def test_with_the_real_vqgan_save_and_load(tokenizers, tmp_path):
     processor.save_pretrained(tmp_path / "processor")
     loaded = LWMProcessor.from_pretrained(tmp_path / "processor")
     assert loaded.config == processor.config
-    messages = [{"role": "user", "content": [{"type": "text", "text": "what"}, {"type": "video", "path": str(tmp_path / "clip.mp4")}]}]
+    messages = [{"role": "user", "content": [{"type": "text", "text": "what"},
+                                             {"type": "video", "path": str(tmp_path / "clip.mp4")}]}]
     expected = processor.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
     assert torch.equal(loaded.apply_chat_template(messages, add_generation_prompt=True)["input_ids"], expected)
     video = loaded.decode(loaded.vision_ids(codes))[0]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from lwm.tokenizers.configuration_vqgan import VQGANConfig, available_presets
+from lwm.api import BUNDLED_DIR
+from lwm.tokenizers.configuration_vqgan import VQGANConfig
 from lwm.tokenizers.modeling_vqgan import VQGAN
 
 
@@ -24,7 +24,7 @@ def pixels(batch=3, size=32, seed=0):
 
 
 def test_presets():
-    assert {"lwm", "tiny", "world"} <= set(available_presets())
+    assert {"lwm", "tiny", "world"} <= set(VQGANConfig.preset_names())
     lwm = VQGANConfig.from_preset("lwm")
     assert (lwm.resolution, lwm.grid_size, lwm.codes_per_frame, lwm.codebook_size) == (256, 16, 256, 8192)
     assert lwm.level_channels == (128, 256, 256, 512, 768)
@@ -107,8 +107,7 @@ def test_the_mid_block_count_is_its_own_field(tmp_path):
     assert len(one_per_level.encoder.mid) == len(one_per_level.decoder.mid) == 2
     assert len(one_per_level.encoder.down[0].block) == 1
     assert VQGANConfig.from_preset("world").num_mid_blocks == VQGANConfig.from_preset("tiny").num_mid_blocks == 1
-    bundled = Path(__file__).resolve().parents[2] / "bundled" / "vqgan"
-    assert len(VQGAN.from_pretrained(bundled).decoder.mid) == 1
+    assert len(VQGAN.from_pretrained(BUNDLED_DIR / "vqgan").decoder.mid) == 1
     # a folder saved before the field existed had num_res_blocks mid blocks, and loads as it was saved
     model = VQGAN(VQGANConfig.from_preset("tiny", num_res_blocks=3, num_mid_blocks=3, kmeans_init=False))
     model.save_pretrained(tmp_path / "old")
@@ -182,3 +181,43 @@ def test_a_local_encoder_keeps_the_latents_of_patches_that_did_not_change(local)
     # LWM's encoder sees the squares from patches around them and through GroupNorm; the local one does not
     assert unchanged[background_in_both].all() == local
     assert not unchanged[3, 3] and not unchanged[10, 12]
+
+
+def test_temporal_compression_codes_the_first_frame_alone_then_k_frames_per_grid():
+    torch.manual_seed(0)
+    model = VQGAN(VQGANConfig.from_preset("tiny", temporal_compression=2, kmeans_init=False)).eval()
+    clips = torch.rand(2, 5, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    codes = model.encode(clips)
+    assert codes.shape == (2, 3, 16, 16)  # 1 + 2·2 frames -> 1 + 2 grids
+    assert model.decode(codes).shape == clips.shape
+    torch.testing.assert_close(model(clips).reconstruction.clamp(-1, 1), model.decode(codes))
+    # the first grid sees the first frame alone: an image is coded as a still clip, and the same with any future
+    assert torch.equal(model.encode(clips[:, 0]), codes[:, 0])
+    changed_future = clips.clone()
+    changed_future[:, 1:] = -changed_future[:, 1:]
+    assert torch.equal(model.encode(changed_future)[:, 0], codes[:, 0])
+    # the frames of a group are coded together: changing the second one changes that grid only
+    changed = clips.clone()
+    changed[:, 2] = -changed[:, 2]
+    recoded = model.encode(changed)
+    assert torch.equal(recoded[:, [0, 2]], codes[:, [0, 2]]) and not torch.equal(recoded[:, 1], codes[:, 1])
+    # one clip through the video helpers, the processor's path
+    assert torch.equal(model.encode_video(clips[0]), codes[0])
+    assert model.decode_video(codes[0]).shape == clips[0].shape
+    with pytest.raises(ValueError, match="clips of 4 frames: temporal compression 2 codes 1 \\+ 2·n frames"):
+        model.encode(clips[:, :4])
+    with pytest.raises(ValueError, match="temporal_compression must be at least 1"):
+        VQGANConfig.from_preset("tiny", temporal_compression=0)
+
+
+def test_a_local_temporal_vqgan_keeps_the_codes_of_patches_still_over_a_group():
+    torch.manual_seed(0)
+    model = VQGAN(VQGANConfig.from_preset("tiny", temporal_compression=2, local_encoder=True, kmeans_init=False)).eval()
+    frames = torch.cat([_squares_at((3, 3, 1)), _squares_at((3, 3, 1)), _squares_at((3, 4, 1)),
+                        _squares_at((3, 3, 1)), _squares_at((3, 3, 1))])
+    with torch.no_grad():
+        z = model._latents(frames[None])  # grids: frame 0 alone, frames 1-2, frames 3-4
+    moved = torch.zeros(16, 16, dtype=torch.bool)
+    moved[3, 3:5] = True
+    assert torch.allclose(z[0][:, ~moved], z[2][:, ~moved], atol=1e-6)
+    assert not torch.allclose(z[1][:, 3, 4], z[2][:, 3, 4], atol=1e-6)

@@ -69,7 +69,8 @@ class ConcatenatedRanks:
     """One process's batches holding the rows that `ranks` data-parallel ranks would each get."""
 
     def __init__(self, data, stage, micro_batch_size, ranks):
-        from lwm.training.trainer import Mesh, packed_batches
+        from lwm.parallel import Mesh
+        from lwm.training import packed_batches
 
         self.loaders = [packed_batches(data, stage, micro_batch_size, Mesh(r, ranks, 1, None)) for r in range(ranks)]
 
@@ -93,10 +94,11 @@ def write_config(raw: dict, path: Path) -> Path:
 
 
 def torchrun_command(config_path: Path, nproc: int, *extra: str, nnodes: int = 1, node_rank: int = 0, port: int = 0) -> list[str]:
-    rendezvous = ["--nnodes", str(nnodes), "--node_rank", str(node_rank), "--master_addr", "127.0.0.1", "--master_port", str(port)]
+    rendezvous = ["--nnodes", str(nnodes), "--node_rank", str(node_rank), "--master_addr", "127.0.0.1",
+                  "--master_port", str(port)]
     return [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *rendezvous,
-        "-m", "lwm.training", str(config_path), *extra,
+        "-m", "lwm", "train", str(config_path), *extra,
     ]
 
 

@@ -6,7 +6,14 @@ import pytest
 from lwm.parallel import free_local_port
 from tests.training.random_tokens import write_random_tokens
 from tests.training.runs import (
-    assert_same_weights, final_weights, launch, metrics, tiny_config, torchrun_command, train_in_processes, wait,
+    assert_same_weights,
+    final_weights,
+    launch,
+    metrics,
+    tiny_config,
+    torchrun_command,
+    train_in_processes,
+    wait,
     write_config,
 )
 

@@ -9,9 +9,16 @@ from lwm.parallel import free_local_port
 from lwm.training.checkpoint import latest_tag
 from tests.training.random_tokens import write_random_tokens
 from tests.training.runs import (
-    assert_same_weights, final_weights, kill_when, launch, metrics, tiny_config, torchrun_command, wait, write_config,
+    assert_same_weights,
+    final_weights,
+    kill_when,
+    launch,
+    metrics,
+    tiny_config,
+    torchrun_command,
+    wait,
+    write_config,
 )
-
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):

@@ -4,16 +4,24 @@ import pytest
 import torch
 
 from lwm.data.loader import PackedLoader, TokenizedDataset
+from lwm.generation.sampling import GREEDY
+from lwm.generation.vision import DRAWING_CONFIG_NAME, DrawingConfig
 from lwm.model import LWMConfig, LWMForCausalLM
-from lwm.training.checkpoint import latest_tag
 from lwm.tokenizers.configuration_vqgan import VQGANConfig
 from lwm.tokenizers.modeling_vqgan import VQGAN
 from lwm.tokenizers.processing_lwm import LWMProcessor
 from lwm.tokenizers.text import train_text_tokenizer
+from lwm.training.checkpoint import latest_tag
 from tests.helpers.distributed import run_distributed
 from tests.training.random_tokens import write_random_tokens
 from tests.training.runs import (
-    export_in_process, final_weights, losses, metrics, tiny_config, to_config, train_in_processes,
+    export_in_process,
+    final_weights,
+    losses,
+    metrics,
+    tiny_config,
+    to_config,
+    train_in_processes,
 )
 
 
@@ -54,7 +62,8 @@ def test_two_stages_change_length_and_theta_and_stage_two_starts_from_stage_one(
     # Stage 2's first loss is that of stage 1's final weights, with θ = 1e6, on stage 2's first 64-token rows.
     batch = next(PackedLoader(TokenizedDataset(data_dir), 64, 1, seed=0))
     with torch.no_grad():
-        loss_old_theta = LWMForCausalLM.from_pretrained(tmp_path / "pretrained" / "stage0", dtype=torch.float32)(**batch).loss.item()
+        stage0 = LWMForCausalLM.from_pretrained(tmp_path / "pretrained" / "stage0", dtype=torch.float32)
+        loss_old_theta = stage0(**batch).loss.item()
         first.rope_parameters["rope_theta"] = 1.0e6
         model = LWMForCausalLM.from_pretrained(tmp_path / "pretrained" / "stage0", config=first, dtype=torch.float32)
         loss_new_theta = model(**batch).loss.item()
@@ -118,7 +127,10 @@ def test_exports_hold_the_configured_processor_and_export_dir_places_them(data_d
     corpus.write_text("a red circle moves left and bounces off the wall\n" * 50)
     train_text_tokenizer([str(corpus)], vocab_size=300, out_dir=str(tmp_path / "tokenizer"))
     VQGAN(VQGANConfig.from_preset("tiny")).save_pretrained(tmp_path / "vqgan")
-    processor = {"tokenizer": str(tmp_path / "tokenizer"), "vqgan": str(tmp_path / "vqgan"), "max_frames": 4}
+    drawing = DrawingConfig(video_procedure="single_pass", video=GREEDY, video_frames=4)
+    drawing.save(tmp_path)
+    processor = {"tokenizer": str(tmp_path / "tokenizer"), "vqgan": str(tmp_path / "vqgan"), "max_frames": 4,
+                 "drawing": str(tmp_path / DRAWING_CONFIG_NAME)}
     raw = tiny_config(tmp_path / "run", data_dir, stages=[{"seq_len": 32, "rope_theta": 10000.0, "steps": 2}],
                       processor=processor)
     train_in_processes(raw, 1)
@@ -127,5 +139,6 @@ def test_exports_hold_the_configured_processor_and_export_dir_places_them(data_d
         loaded = LWMProcessor.from_pretrained(folder)
         assert (loaded.text_vocab_size, loaded.codebook_size, loaded.config.max_frames) == (300, 64, 4)
         assert LWMForCausalLM.from_pretrained(folder).config.vocab_size == LWMConfig.from_preset("tiny").vocab_size
+        assert DrawingConfig.load(folder) == drawing
     with pytest.raises(Exception, match="processor.tokenizer and processor.vqgan go together"):
         to_config(tiny_config(tmp_path, data_dir, processor={"tokenizer": str(tmp_path / "tokenizer")}))

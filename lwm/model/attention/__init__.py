@@ -6,7 +6,6 @@ from transformers import AttentionInterface
 from lwm.model.attention.blockwise import blockwise_attention
 from lwm.model.attention.primitive import BlockMask, BlockSpan, attend_block, attend_block_backward, merge_partials
 from lwm.model.attention.ring import ring_attention, sharded_decode_attention
-from lwm.parallel import active_sequence_parallel
 
 
 def blockwise_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, segment_ids=None, **kwargs):
@@ -18,13 +17,16 @@ def blockwise_attention_forward(module, query, key, value, attention_mask, scali
     return out.transpose(1, 2).contiguous(), None
 
 
-def ring_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, segment_ids=None, **kwargs):
-    """transformers AttentionInterface adapter for the sp group of `lwm.parallel.sequence_parallel`."""
-    sp = active_sequence_parallel()
+def ring_attention_forward(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, segment_ids=None, sequence_parallel=None,
+    **kwargs,
+):
+    """transformers AttentionInterface adapter for the sp group the model's forward was given."""
+    sp = sequence_parallel
     if sp is None:
         raise RuntimeError(
-            "attn_implementation='ring' runs over a sequence-parallel group: call the model inside "
-            "`with lwm.parallel.sequence_parallel(group):`"
+            "attn_implementation='ring' runs over a sequence-parallel group: pass the model "
+            "`sequence_parallel=lwm.parallel.SequenceParallel(group)`"
         )
     if sp.decoding:
         if segment_ids is not None:

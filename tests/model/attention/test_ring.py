@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lwm.model.attention import ring_attention
-from lwm.parallel import shard_positions, shard_sequence, unshard_sequence, zigzag_shard, zigzag_unshard
+from lwm.parallel import rank_and_world, shard_positions, shard_sequence, unshard_sequence
 from tests.helpers.distributed import run_distributed
 
 # Every combination of layout, causality, packing and head_dim; GQA in half of each, and blocks of
@@ -66,7 +66,7 @@ def check_case(world, case, seed):
     expected = reference_attention(*full, causal=case["causal"], segment_ids=segments)
     expected.backward(grad_out.double())
 
-    shard = lambda x, dim=2: shard_sequence(x, dim, layout=case["layout"])  # noqa: E731
+    shard = lambda x, dim=2: shard_sequence(x, dim, *rank_and_world(), case["layout"])  # noqa: E731
     local = [shard(x).requires_grad_() for x in (q, k, v)]
     q_chunk, kv_chunk = case["chunks"]
     out = ring_attention(
@@ -91,12 +91,12 @@ def check_all_cases(rank, world):
 
 def check_sharding_helpers(rank, world):
     x = torch.arange(3 * 4 * world).view(3, 4 * world)
-    assert torch.equal(zigzag_unshard(zigzag_shard(x, 1), 1), x)
-    assert torch.equal(unshard_sequence(shard_sequence(x, 1, layout="contiguous"), 1, layout="contiguous"), x)
+    assert torch.equal(unshard_sequence(shard_sequence(x, 1, rank, world), 1), x)
+    assert torch.equal(unshard_sequence(shard_sequence(x, 1, rank, world, "contiguous"), 1, layout="contiguous"), x)
     piece = 2
     expected = [rank * piece, rank * piece + 1, (2 * world - 1 - rank) * piece, (2 * world - 1 - rank) * piece + 1]
-    assert shard_positions(4 * world).tolist() == expected
-    assert shard_positions(2 * world, layout="contiguous").tolist() == [2 * rank, 2 * rank + 1]
+    assert shard_positions(4 * world, rank, world).tolist() == expected
+    assert shard_positions(2 * world, rank, world, "contiguous").tolist() == [2 * rank, 2 * rank + 1]
 
 
 @pytest.mark.parametrize("world", [2, 4])
