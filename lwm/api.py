@@ -453,7 +453,7 @@ class LWM:
         if isinstance(source, (str, os.PathLike)) and str(source).startswith(("http://", "https://")):
             raise ValueError(f"{source}: LWM reads local files only; download the file first")
         if isinstance(source, (str, os.PathLike)):
-            source = Path(source).expanduser()
+            source = media.user_path(source)
         if kind == "image":
             return media.load_image(source)
         return media.load_video(source, max_frames=self.max_frames)
@@ -540,18 +540,15 @@ def media_kind(source: MediaInput) -> MediaKind:
             return "image"
         if source.ndim == 4:
             return "video"
-        raise media.MediaError(f"{media.describe(source)}: expected frames [H, W, 3] or [T, H, W, 3]")
+        raise media.MediaError(media.describe(source), "expected frames [H, W, 3] or [T, H, W, 3]")
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise media.MediaError(f"{source}: file not found")
-        found = media.sniff_media_type(path)
+        found = media.sniff_media_type(media.user_path(source))
     elif isinstance(source, (bytes, bytearray)):
         found = media.sniff_media_type(bytes(source))
     else:
-        raise media.MediaError(f"unsupported media source type {type(source).__name__}")
+        raise media.MediaError(media.describe(source), f"unsupported media source type {type(source).__name__}")
     if found is None:
-        raise media.MediaError(f"{media.describe(source)}: not a supported image or video format")
+        raise media.MediaError(media.describe(source), "not a supported image or video format")
     return found
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import wave
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -13,6 +12,7 @@ from PIL import Image
 
 from lwm import media
 from lwm.media import MediaError
+from tests.helpers.hostile_media import write_audio_only
 
 
 def gradient_clip(frames: int = 12, height: int = 48, width: int = 64) -> np.ndarray:
@@ -100,7 +100,10 @@ def test_sniffing(tmp_path, mp4):
     Image.fromarray(gradient_clip(1)[0]).save(buffer, format="JPEG")
     assert media.sniff_media_type(buffer.getvalue()) == "image"
     assert media.sniff_media_type(b"hello world, not media") is None
-    assert media.sniff_media_type(tmp_path / "missing.mp4") is None
+    with pytest.raises(MediaError, match="file not found"):
+        media.sniff_media_type(tmp_path / "missing.mp4")
+    with pytest.raises(MediaError, match="file is empty"):
+        media.sniff_media_type(b"")
 
 
 # ----------------------------------------------------------------------------- bad inputs
@@ -112,17 +115,6 @@ def audio_only_wav(path):
         file.setsampwidth(2)
         file.setframerate(8000)
         file.writeframes(np.zeros(8000, np.int16).tobytes())
-
-
-def audio_only_m4a(path):
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=8000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-        frame.sample_rate = 8000
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def written(path, data):
@@ -139,7 +131,7 @@ def written(path, data):
         (lambda d, mp4: written(d / "cut.mp4", mp4.read_bytes()[: len(mp4.read_bytes()) // 2]), "corrupt|truncated"),
         (lambda d, mp4: written(d / "text.txt", b"just some text\n" * 50), "corrupt"),
         (lambda d, mp4: audio_only_wav(d / "tone.wav") or d / "tone.wav", "no video stream"),
-        (lambda d, mp4: audio_only_m4a(d / "tone.m4a") or d / "tone.m4a", "no video stream"),
+        (lambda d, mp4: write_audio_only(d / "tone.m4a"), "no video stream"),
         (lambda d, mp4: d, "not a regular file"),
     ],
     ids=["missing", "empty", "corrupt", "truncated", "text", "audio-wav", "audio-m4a", "directory"],

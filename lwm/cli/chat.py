@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -33,8 +34,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lwm.serve.chat import ChatRepl, ChatSettings
+    from lwm.api import BUNDLED
+    from lwm.serve.chat import GREETING, ChatRepl, ChatSettings, bundled_greeting
 
+    _tolerate_bad_encodings()
     lwm = load_model(args)
     if lwm is None:
         return 1
@@ -49,9 +52,11 @@ def run(args: argparse.Namespace) -> int:
         info=sys.stdout if interactive else sys.stderr,
         output_dir=args.output_dir,
         show_previews=sys.stdout.isatty() and not args.no_preview,
+        show_progress=interactive and sys.stderr.isatty(),
         interactive=interactive,
         settings=settings,
         set_history=set_history,
+        greeting=bundled_greeting() if args.model == BUNDLED else GREETING,
     )
     for path in args.image:
         repl.handle(f"/image {_quoted(path)}")
@@ -66,6 +71,15 @@ def run(args: argparse.Namespace) -> int:
         piped = sys.stdin.read().strip()
         question = f"{question}\n{piped}" if piped else question
     return 0 if repl.ask(question) else 1
+
+
+def _tolerate_bad_encodings() -> None:
+    """Input bytes that are not UTF-8 arrive as lone surrogates (the model refuses them with a clear
+    error) instead of ending the chat with a UnicodeDecodeError; output escapes what it cannot encode."""
+    for stream, errors in ((sys.stdin, "surrogateescape"), (sys.stdout, "backslashreplace"),
+                           (sys.stderr, "backslashreplace")):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors=errors)
 
 
 def _quoted(path: str) -> str:

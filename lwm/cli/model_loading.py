@@ -25,8 +25,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, reads_videos: bool = Tr
 
 def load_model(args: argparse.Namespace):
     """The `LWM` named by `--model` and its options, or None after printing why it cannot be loaded."""
+    from transformers.utils import logging as transformers_logging
+
     from lwm.api import LWM
 
+    if not sys.stderr.isatty():  # transformers' loading bar would stay in a log or a pipe, around our errors
+        transformers_logging.disable_progress_bar()
     try:
         return LWM.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                    max_frames=getattr(args, "max_frames", None),

@@ -114,6 +114,7 @@ def infer_config(tree: dict[str, np.ndarray], norm_groups: int = 32) -> VQGANCon
         levels = len({k.split("/")[1] for k in tree if k.startswith("encoder/DownsamplingBlock_")})
         widths = [tree[f"encoder/DownsamplingBlock_{i}/ResnetBlock_0/Conv_0/kernel"].shape[3] for i in range(levels)]
         num_res_blocks = len({k.split("/")[2] for k in tree if k.startswith("encoder/DownsamplingBlock_0/ResnetBlock_")})
+        num_mid_blocks = len({k.split("/")[2] for k in tree if k.startswith("encoder/MidBlock_0/ResnetBlock_")})
         codebook_size, embed_dim = tree["quantize/embeddings"].shape
         config = VQGANConfig(
             resolution=2 ** (levels - 1) * 16,
@@ -121,6 +122,7 @@ def infer_config(tree: dict[str, np.ndarray], norm_groups: int = 32) -> VQGANCon
             hidden_channels=hidden,
             channel_mult=tuple(width // hidden for width in widths),
             num_res_blocks=num_res_blocks,
+            num_mid_blocks=num_mid_blocks,
             z_channels=tree["encoder/Conv_1/kernel"].shape[3],
             embed_dim=embed_dim,
             codebook_size=codebook_size,
@@ -160,7 +162,7 @@ def expected_flax_shapes(config: VQGANConfig) -> dict[str, tuple[int, ...]]:
             resnet(f"encoder/DownsamplingBlock_{i}/ResnetBlock_{j}", c_in if j == 0 else width, width)
         if i < last:
             conv(f"encoder/DownsamplingBlock_{i}/Downsample_0/Conv_0", 3, width, width)
-    for j in range(config.num_res_blocks):
+    for j in range(config.num_mid_blocks):
         resnet(f"encoder/MidBlock_0/ResnetBlock_{j}", widths[-1], widths[-1])
     norm("encoder/GroupNorm_0", widths[-1])
     conv("encoder/Conv_1", 3, widths[-1], config.z_channels)
@@ -170,7 +172,7 @@ def expected_flax_shapes(config: VQGANConfig) -> dict[str, tuple[int, ...]]:
     conv("post_quant_conv", 1, config.embed_dim, config.z_channels)
 
     conv("decoder/Conv_0", 3, config.z_channels, widths[-1])
-    for j in range(config.num_res_blocks):
+    for j in range(config.num_mid_blocks):
         resnet(f"decoder/MidBlock_0/ResnetBlock_{j}", widths[-1], widths[-1])
     for k, level in enumerate(reversed(range(len(widths)))):
         c_in = widths[min(level + 1, last)]

@@ -11,6 +11,7 @@ KeyboardInterrupt on Ctrl+C) and writes to text streams, so a test drives it wit
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import re
@@ -23,12 +24,14 @@ from typing import Any, TextIO
 import numpy as np
 
 from lwm import media
-from lwm.api import DEFAULT_FPS, LWM, ContextLengthError, Video
+from lwm.api import BUNDLED_DIR, DEFAULT_FPS, LWM, ContextLengthError, Video
 from lwm.serve import preview
 
 MAX_ATTACHMENT_BYTES = 256 << 20
 MULTILINE_QUOTES = '"""'
 EXIT_HINT = "Use Ctrl + d or /bye to exit."
+GREETING = "Type a message, /help for help, /bye to leave."
+BUNDLED_SAMPLE = BUNDLED_DIR / "sample.mp4"
 
 HELP = """\
 Available commands:
@@ -56,7 +59,7 @@ _SETTING_RULES = {
     "temperature": (float, lambda v: v >= 0, False),
     "top_k": (int, lambda v: v >= 1, True),
     "top_p": (float, lambda v: 0 < v <= 1, True),
-    "seed": (int, lambda v: True, True),
+    "seed": (int, lambda v: 0 <= v < 1 << 63, True),  # the range LWM._generator accepts
     "max_tokens": (int, lambda v: v >= 1, True),
     "guidance": (float, lambda v: True, True),
     "frames": (int, lambda v: v >= 1, True),
@@ -119,9 +122,11 @@ class ChatRepl:
         *,
         output_dir: str | Path = "lwm-output",
         show_previews: bool = False,
+        show_progress: bool = False,
         interactive: bool = True,
         settings: ChatSettings | None = None,
         set_history: Callable[[bool], None] | None = None,
+        greeting: str = GREETING,
     ):
         self.lwm = lwm
         self.read_line = read_line
@@ -129,9 +134,12 @@ class ChatRepl:
         self.info = info or out
         self.output_dir = Path(output_dir)
         self.show_previews = show_previews
+        self.show_progress = show_progress  # a bar on stderr while drawing: only where a terminal clears it
         self.interactive = interactive
         self.settings = settings or ChatSettings()
         self.set_history = set_history
+        self.greeting = greeting
+        self.status = 0  # what run() returns: 1 once an error ended a session that is not interactive
         self.messages: list[dict] = []
         self.transcript: list[dict] = []  # the conversation with media as paths, for /save
         self.pending: list[Attachment] = []
@@ -145,21 +153,21 @@ class ChatRepl:
 
     def run(self) -> int:
         if self.interactive:
-            self._say("Type a message, /help for help, /bye to leave.")
+            self._say(self.greeting)
         while True:
             try:
                 line = self._read_message()
             except EOFError:
                 if self.interactive:
                     self.out.write("\n")
-                return 0
+                return self.status
             except KeyboardInterrupt:
                 self.out.write("\n")
                 self._say(EXIT_HINT)
                 continue
             try:
                 if not self.handle(line):
-                    return 0
+                    return self.status
             except KeyboardInterrupt:  # Ctrl+C while reading media or drawing: stop that, keep the session
                 self.out.write("\n")
                 self._say("(stopped)")
@@ -180,18 +188,26 @@ class ChatRepl:
             lines.append(line)
 
     def handle(self, line: str) -> bool:
-        """Runs one command or message; False means the session is over."""
+        """Runs one command or message; False means the session is over (/bye, or an error in a script)."""
         stripped = line.strip()
         if not stripped:
             return True
         if stripped.startswith("/") and not self._is_attachable_path(_tokens(stripped)[0]):
             try:
                 return self._command(stripped)
-            except (ValueError, OSError) as error:  # bad input, media, settings: say so, keep the session
-                self._say(f"Error: {error}")
-                return True
-        self.ask(stripped)
-        return True
+            except (ValueError, OSError) as error:  # bad input, media, settings: say so
+                self._say(f"Error: {_error_text(error)}")
+                return self._goes_on_after_error()
+        return self.ask(stripped) or self._goes_on_after_error()
+
+    def _goes_on_after_error(self) -> bool:
+        """A person saw the error and decides what next; a script piped on stdin did not, and its next
+        lines would run without what failed (a question about a video that was not attached), so it
+        ends with status 1."""
+        if self.interactive:
+            return True
+        self.status = 1
+        return False
 
     def ask(self, text: str) -> bool:
         """Sends one message (paths in it are attached) and streams the answer; False after an error."""
@@ -199,7 +215,8 @@ class ChatRepl:
             self._message(text)
         except (ValueError, OSError) as error:
             history_full = isinstance(error, ContextLengthError) and self.messages and not self.single_turn
-            self._say(f"Error: {error}" + (" Type /clear to start a new conversation." if history_full else ""))
+            self._say(f"Error: {_error_text(error)}"
+                      + (" Type /clear to start a new conversation." if history_full else ""))
             return False
         return True
 
@@ -260,22 +277,25 @@ class ChatRepl:
             self._say(f"  context      each question alone with the last media ({media}): the model is single-turn")
 
     def _save(self, argument: str) -> None:
-        path = Path(_unquote(argument)).expanduser() if argument else self._free_path("chat", ".json")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = media.user_path(_unquote(argument)) if argument else self._free_path("chat", ".json")
         record = {"settings": asdict(self.settings), "messages": self.transcript}
-        path.write_text(json.dumps(record, indent=2) + "\n")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=2) + "\n")
+        except OSError as error:
+            raise ValueError(f"cannot save to {path}: {_error_text(error)}") from None
         self._say(f"Saved conversation to {path}")
 
     # ------------------------------------------------------------------ media in
 
     def _attach(self, text_path: str, kind: str | None) -> Attachment:
-        path = Path(text_path).expanduser()
-        if not path.is_file():
+        path = media.user_path(text_path)
+        if not path.exists():
             raise ValueError(f"'{text_path}': no such file")
+        found = media.sniff_media_type(path)  # refuses what is not a readable regular file, without blocking
         size = path.stat().st_size
         if size > MAX_ATTACHMENT_BYTES:
             raise ValueError(f"'{path.name}' is {size >> 20} MiB, more than the {MAX_ATTACHMENT_BYTES >> 20} MiB limit")
-        found = media.sniff_media_type(path)
         if found is None:
             raise ValueError(f"'{path.name}' is not an image or a video (judged from its bytes)")
         if kind == "image" and found != "image":
@@ -294,7 +314,10 @@ class ChatRepl:
         suffix = Path(token).suffix.lower()
         if suffix not in media.IMAGE_SUFFIXES | media.VIDEO_SUFFIXES:
             return False
-        return Path(token).expanduser().is_file()
+        try:
+            return media.user_path(token).is_file()
+        except media.MediaError:  # ~name of no user: plain text
+            return False
 
     # ------------------------------------------------------------------ conversation
 
@@ -344,7 +367,7 @@ class ChatRepl:
             raise ValueError("usage: /draw PROMPT")
         self._say(f"Drawing '{prompt}' ...")
         image = self.lwm.generate_image(
-            prompt, guidance_scale=self.settings.guidance, seed=self.settings.seed, progress=self.interactive
+            prompt, guidance_scale=self.settings.guidance, seed=self.settings.seed, progress=self.show_progress
         )
         self._keep(np.asarray(image), "image", "image", ".png")
 
@@ -359,7 +382,7 @@ class ChatRepl:
             guidance_scale=self.settings.guidance,
             fps=self.settings.fps,
             seed=self.settings.seed,
-            progress=self.interactive,
+            progress=self.show_progress,
         )
         self._keep(video.frames, "video", "video", ".mp4")
 
@@ -376,7 +399,8 @@ class ChatRepl:
         self._say(f"Continuing '{source.path.name}' by {num_frames} frames ...")
         frames = source.frames if source.frames.ndim == 4 else source.frames[None]
         video = self.lwm.continue_video(
-            Video(frames, self.settings.fps), num_frames=num_frames, seed=self.settings.seed, progress=self.interactive
+            Video(frames, self.settings.fps), num_frames=num_frames, seed=self.settings.seed,
+            progress=self.show_progress,
         )
         self._keep(video.frames, "video", "continued", ".mp4")
 
@@ -401,6 +425,34 @@ class ChatRepl:
     def _say(self, text: str) -> None:
         self.info.write(text + "\n")
         self.info.flush()
+
+
+def bundled_greeting() -> str:
+    """What the bundled model is and a clip to try: it knows its synthetic world and nothing else."""
+    return (
+        "This is the bundled model: a small model (5.5M parameters) trained from scratch on a synthetic\n"
+        "world of coloured shapes that move and bounce in a box. It describes clips of that world, answers\n"
+        "questions about them, draws and continues them; it knows nothing else, so plain chat gets nonsense.\n"
+        f"Try a clip of its world:\n  /video {BUNDLED_SAMPLE}\n  Describe the video.\n  How many objects are there?\n"
+        f"{GREETING}"
+    )
+
+
+def _error_text(error: Exception) -> str:
+    """An error as one readable line: an OSError in words, naming its file, without the errno number."""
+    if not isinstance(error, OSError) or error.errno is None:
+        return str(error)
+    where = f"'{error.filename}'" if error.filename else "the file"
+    reasons = {
+        errno.EEXIST: f"{where} is a file, not a folder",
+        errno.ENOTDIR: f"a part of {where} is a file, not a folder",
+        errno.EISDIR: f"{where} is a folder",
+        errno.EACCES: f"permission denied for {where}",
+        errno.EPERM: f"permission denied for {where}",
+        errno.EROFS: f"{where} is on a read-only file system",
+        errno.ENOSPC: "the disk is full",
+    }
+    return reasons.get(error.errno, f"{(error.strerror or 'error').lower()}: {where}")
 
 
 _TOKEN = re.compile(r"""'[^']*'|"[^"]*"|(?:\\ |\S)+""")

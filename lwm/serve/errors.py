@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lwm import media
 from lwm.api import ContextLengthError
-from lwm.tokenizers import SequenceTooLongError
+from lwm.tokenizers import InvalidTextError, SequenceTooLongError
 
 logger = logging.getLogger("lwm.serve")
 
@@ -39,6 +39,9 @@ def client_error(error: Exception) -> APIError:
         return error
     if isinstance(error, ContextLengthError):
         return APIError(400, str(error), code="context_length_exceeded", param="messages")
+    if isinstance(error, InvalidTextError):
+        return APIError(400, "the text is not valid Unicode: it holds a lone surrogate (such as \\ud800); send UTF-8 "
+                             "text", code="invalid_text")
     if isinstance(error, SequenceTooLongError):
         return APIError(400, "the request does not fit in the model's context", code="context_length_exceeded",
                         param="messages")

@@ -207,9 +207,10 @@ async def _media_part(part: dict, kind: str, where: str, config: ServerConfig, m
         frames = await asyncio.to_thread(_decode_media, data, kind, config, max_frames)
     except media.MediaError as error:
         logger.info("refused the %s of %s: %s", kind, where, error)
-        if "limit" in str(error):
+        if isinstance(error, media.MediaLimitError):
             raise APIError(400, f"{where}: the {kind} is larger than this server's limits ({config.max_pixels} "
-                                f"decoded pixels, {config.max_demuxed_frames} frames)", code="invalid_media",
+                                f"decoded pixels, {config.max_demuxed_frames} frames, "
+                                f"{config.max_decode_seconds:g} s of decoding)", code="invalid_media",
                            param=where) from None
         raise APIError(400, f"{where}: the {kind} could not be decoded (corrupt, truncated or unsupported)",
                        code="invalid_media", param=where) from None
@@ -220,7 +221,7 @@ def _decode_media(data: bytes, kind: str, config: ServerConfig, max_frames: int)
     if kind == "image":
         return media.load_image(data, pixel_limit=config.max_pixels)
     return media.load_video(data, max_frames=max_frames, frame_limit=config.max_demuxed_frames,
-                            pixel_limit=config.max_pixels)
+                            pixel_limit=config.max_pixels, time_limit=config.max_decode_seconds)
 
 
 def _answer_options(body: ChatCompletionRequest) -> dict:

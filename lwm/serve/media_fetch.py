@@ -18,13 +18,12 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from lwm.media import sniff_media_type
+from lwm.media import MediaError, open_regular_file, sniff_media_type
 
 MediaKind = Literal["image", "video"]
 
@@ -81,7 +80,10 @@ def check_media_kind(data: bytes, kind: MediaKind) -> None:
 
     A still image is accepted where a video is expected (it is a one-frame video), not the reverse.
     """
-    found = sniff_media_type(data)
+    try:
+        found = sniff_media_type(data)
+    except MediaError as error:  # its problem is written by lwm.media for clients: no names, no library text
+        raise MediaFetchError(f"the {kind} data cannot be read: {error.problem}") from None
     if found is None:
         raise MediaFetchError(f"the {kind} data is not a supported image or video format")
     if kind == "image" and found != "image":
@@ -122,37 +124,29 @@ def _read_local_file(url: str, policy: MediaPolicy) -> bytes:
     requested = Path(unquote(parts.path))
     if not requested.is_absolute():
         raise MediaFetchError("file:// URLs must hold an absolute path (file:///path)")
+    if "\x00" in str(requested):
+        raise MediaFetchError("the file path holds a NUL byte")
     # resolve() follows symlinks and removes `..`, so the containment test sees the real location;
     # is_relative_to compares whole path components, so a sibling like `allowed-other` is outside.
-    real = requested.resolve()
+    try:
+        real = requested.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        raise MediaFetchError("the file does not exist or cannot be read") from None
     if not real.is_relative_to(policy.allowed_dir):
         raise MediaFetchError("the file is outside the server's allowed media folder")
     try:
-        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        raise MediaFetchError("the file does not exist or cannot be read") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise MediaFetchError("the path is not a regular file")
-        if info.st_size > policy.max_bytes:
+        file = open_regular_file(real, follow_symlinks=False)  # never blocks: a FIFO is refused, not waited on
+    except MediaError as error:
+        raise MediaFetchError(f"the file cannot be read: {error.problem}") from None
+    with file:
+        if os.fstat(file.fileno()).st_size > policy.max_bytes:
             raise MediaFetchError(f"the media is larger than the limit of {policy.max_bytes} bytes")
-        data = _read_at_most(fd, policy.max_bytes + 1)  # the file may have grown since fstat
-    finally:
-        os.close(fd)
+        data = file.read(policy.max_bytes + 1)  # the file may have grown since fstat
     if len(data) > policy.max_bytes:
         raise MediaFetchError(f"the media is larger than the limit of {policy.max_bytes} bytes")
     if not data:
         raise MediaFetchError("the file is empty")
     return data
-
-
-def _read_at_most(fd: int, limit: int) -> bytes:
-    chunks, size = [], 0
-    while size < limit and (chunk := os.read(fd, min(_READ_CHUNK, limit - size))):
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def _read_remote(url: str, policy: MediaPolicy) -> bytes:

@@ -24,6 +24,7 @@ class ServerConfig:
     max_output_frames: int = 16  # frames a video generation may ask for
     max_pixels: int = 1 << 26  # decoded pixels per media item
     max_demuxed_frames: int = 20_000  # frames a video may hold before it is refused, undecoded
+    max_decode_seconds: float = 30.0  # decoding one video stops here
     max_images: int = 4  # n of an image generation
     max_queue: int = 64  # requests waiting for the model
 

@@ -26,7 +26,8 @@ class VQGANConfig:
     in_channels: int = 3
     hidden_channels: int = 128
     channel_mult: tuple[int, ...] = (1, 2, 2, 4, 6)  # one entry per level; all levels but the last halve H, W
-    num_res_blocks: int = 2
+    num_res_blocks: int = 2  # per level
+    num_mid_blocks: int = 2  # between the levels and the latent, in the encoder and the decoder (LWM: always 2)
     z_channels: int = 64
     embed_dim: int = 64
     norm_groups: int = 32
@@ -64,6 +65,8 @@ class VQGANConfig:
             raise ValueError(f"temporal_compression must be at least 1, got {self.temporal_compression}")
         if self.num_res_blocks < 1:
             raise ValueError(f"num_res_blocks must be at least 1, got {self.num_res_blocks}")
+        if self.num_mid_blocks < 1:
+            raise ValueError(f"num_mid_blocks must be at least 1, got {self.num_mid_blocks}")
         if self.resolution % self.downsample_factor:
             raise ValueError(
                 f"resolution {self.resolution} is not divisible by the downsample factor {self.downsample_factor}"
@@ -105,6 +108,8 @@ class VQGANConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown VQGANConfig fields: {unknown}")
+        if "num_mid_blocks" not in values:  # saved before the field existed, when the mid block had num_res_blocks
+            values = {**values, "num_mid_blocks": values.get("num_res_blocks", cls.num_res_blocks)}
         return cls(**values)
 
     def save(self, path: str | os.PathLike) -> None:

@@ -123,7 +123,7 @@ class Encoder(nn.Module):
             for i in range(len(widths))
         )
         self.mid = nn.ModuleList(
-            ResnetBlock(widths[-1], widths[-1], config, local) for _ in range(config.num_res_blocks)
+            ResnetBlock(widths[-1], widths[-1], config, local) for _ in range(config.num_mid_blocks)
         )
         self.norm_out = _norm(widths[-1], config, local)
         self.conv_out = _conv(widths[-1], config.z_channels, kernel_size)
@@ -142,7 +142,7 @@ class Decoder(nn.Module):
         super().__init__()
         widths = config.level_channels
         self.conv_in = _conv(config.z_channels, widths[-1], 3)
-        self.mid = nn.ModuleList(ResnetBlock(widths[-1], widths[-1], config) for _ in range(config.num_res_blocks))
+        self.mid = nn.ModuleList(ResnetBlock(widths[-1], widths[-1], config) for _ in range(config.num_mid_blocks))
         # `up[i]` is level i (as the encoder's `down[i]`); it runs from the last level to level 0
         self.up = nn.ModuleList(
             Level(

@@ -61,6 +61,10 @@ VQGAN_FOLDER = "vqgan"
 GenerationMode = Literal["text", "vision"]
 
 
+class InvalidTextError(ValueError):
+    """Text that is not Unicode (it holds a lone surrogate), so it has no tokens."""
+
+
 class SequenceTooLongError(ValueError):
     """An example does not fit in the processor's `max_length` (both are attributes, for API errors)."""
 
@@ -239,7 +243,18 @@ class LWMProcessor:
         return ids
 
     def encode_text(self, text: str) -> list[int]:
-        """Text -> ids, no BOS/EOS; spellings of special tokens stay text."""
+        """Text -> ids, no BOS/EOS; spellings of special tokens stay text.
+
+        Text that is not Unicode (a lone surrogate: JSON's "\\ud800", or bytes that were not UTF-8 read
+        with surrogateescape) raises `InvalidTextError`; the tokenizer would raise a TypeError.
+        """
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InvalidTextError(
+                f"the text is not valid Unicode: it holds a lone surrogate, {ascii(text[error.start])} "
+                "(bytes that are not UTF-8 become these)"
+            ) from None
         return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
 
     def _finish(self, chunks: list[_Chunk]) -> dict[str, torch.Tensor]:
@@ -302,7 +317,7 @@ class LWMProcessor:
         try:
             return self.encode_media(part)
         except media.MediaError as error:
-            raise media.MediaError(f"message {message_index}, {part['type']} part: {error}") from None
+            raise type(error)(f"message {message_index}, {part['type']} part: {error.source}", error.problem) from None
         except ValueError as error:
             raise ValueError(f"message {message_index}, {part['type']} part: {error}") from None
 

@@ -82,7 +82,10 @@ def find_media(paths: list[str]) -> list[tuple[str, str]]:
     for source in map(Path, paths):
         if source.is_dir():
             for path in sorted(p for p in source.rglob("*") if p.is_file()):
-                kind = media.sniff_media_type(path)
+                try:
+                    kind = media.sniff_media_type(path)
+                except media.MediaError:  # empty or unreadable: not media to train on
+                    continue
                 if kind is not None:
                     items.append((kind, str(path)))
         elif source.suffix == ".jsonl" and source.is_file():

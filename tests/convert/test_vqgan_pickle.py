@@ -26,14 +26,17 @@ from lwm.tokenizers.modeling_vqgan import VQGAN
 
 # A small VQGAN with LWM's structure: 3 levels of widths 32, 64, 96 (distinct, so the decoder's
 # reversed level naming is visible), 2 res blocks per level, 32 GroupNorm groups as Flax's default.
+# LWM's MidBlock always holds 2 res blocks, whatever num_res_blocks says.
 HIDDEN, MULT, BLOCKS, Z, CODES, EMBED = 32, (1, 2, 3), 2, 8, 32, 8
+MID_BLOCKS = 2
 
 
 # ----------------------------------------------------------------------------- a Flax-named tree
 
 
-def flax_tree(seed: int = 0) -> dict:
-    """Random parameters under the Flax names and HWIO layouts of LWM's VQGAN (docs/official-weights.md#the-vqgan)."""
+def flax_tree(seed: int = 0, blocks: int = BLOCKS) -> dict:
+    """Random parameters under the Flax names and HWIO layouts of LWM's VQGAN (docs/official-weights.md#the-vqgan),
+    `blocks` res blocks a level."""
     rng = np.random.default_rng(seed)
 
     def conv(k, c_in, c_out, gain=1.0):
@@ -55,21 +58,21 @@ def flax_tree(seed: int = 0) -> dict:
     encoder = {"Conv_0": conv(3, 3, HIDDEN)}
     c_in = HIDDEN
     for i, width in enumerate(widths):
-        level = {f"ResnetBlock_{j}": resnet(c_in if j == 0 else width, width) for j in range(BLOCKS)}
+        level = {f"ResnetBlock_{j}": resnet(c_in if j == 0 else width, width) for j in range(blocks)}
         if i < len(widths) - 1:
             level["Downsample_0"] = {"Conv_0": conv(3, width, width)}
         encoder[f"DownsamplingBlock_{i}"] = level
         c_in = width
-    encoder["MidBlock_0"] = {f"ResnetBlock_{j}": resnet(widths[-1], widths[-1]) for j in range(BLOCKS)}
+    encoder["MidBlock_0"] = {f"ResnetBlock_{j}": resnet(widths[-1], widths[-1]) for j in range(MID_BLOCKS)}
     encoder["GroupNorm_0"] = norm(widths[-1])
     encoder["Conv_1"] = conv(3, widths[-1], Z)
 
     decoder = {"Conv_0": conv(3, Z, widths[-1])}
-    decoder["MidBlock_0"] = {f"ResnetBlock_{j}": resnet(widths[-1], widths[-1]) for j in range(BLOCKS)}
+    decoder["MidBlock_0"] = {f"ResnetBlock_{j}": resnet(widths[-1], widths[-1]) for j in range(MID_BLOCKS)}
     c_in = widths[-1]
     for k, level_index in enumerate(reversed(range(len(widths)))):  # UpsamplingBlock_0 is the last level
         width = widths[level_index]
-        level = {f"ResnetBlock_{j}": resnet(c_in if j == 0 else width, width) for j in range(BLOCKS + 1)}
+        level = {f"ResnetBlock_{j}": resnet(c_in if j == 0 else width, width) for j in range(blocks + 1)}
         if level_index > 0:
             level["Upsample_0"] = {"Conv_0": conv(3, width, width)}
         decoder[f"UpsamplingBlock_{k}"] = level
@@ -217,11 +220,13 @@ def test_lwm_preset_has_the_277_leaves_of_the_release():
     assert sum(p.numel() for p in model.parameters()) + model.quantize.codebook.numel() == 146_244_675
 
 
-def test_converted_vqgan_matches_numpy_reference(tmp_path):
-    tree = flax_tree()
+@pytest.mark.parametrize("blocks, seed", [(BLOCKS, 0), (1, 1)])  # seeds whose codes have no near-ties
+def test_converted_vqgan_matches_numpy_reference(tmp_path, blocks, seed):
+    tree = flax_tree(seed, blocks)
     write_pickle(tree, tmp_path / "vqgan")
     model = convert_vqgan_pickle(tmp_path / "vqgan", tmp_path / "out")
     assert model.config.channel_mult == MULT and model.config.codebook_size == CODES
+    assert model.config.num_res_blocks == blocks and model.config.num_mid_blocks == MID_BLOCKS
     loaded = VQGAN.from_pretrained(tmp_path / "out")
 
     pixels = np.random.default_rng(1).uniform(-1, 1, size=(2, 32, 32, 3))

@@ -116,7 +116,7 @@ def test_symlinks_out_of_the_folder_and_other_hosts_are_refused(folders, tmp_pat
         fetch_media(f"file://{allowed}/link.png", "image", policy)
     with pytest.raises(MediaFetchError, match="local path"):
         fetch_media(f"file://evil.example{allowed}/photo.png", "image", policy)
-    with pytest.raises(MediaFetchError, match="does not exist"):
+    with pytest.raises(MediaFetchError, match="file not found"):
         fetch_media(f"file://{allowed}/missing.png", "image", policy)
 
 

@@ -9,7 +9,6 @@ server is checked to run what was asked, not only to answer.
 
 import base64
 import io
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,6 @@ import httpx
 import numpy as np
 import openai
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -26,6 +24,7 @@ from lwm import media
 from lwm.api import LWM
 from lwm.serve import ServerConfig, create_app
 from lwm.serve.media_fetch import MediaPolicy
+from tests.helpers.serving import serving
 from tests.helpers.tiny import CONTEXT, RESOLUTION
 
 MEDIA_LIMIT = 64 << 10
@@ -56,26 +55,8 @@ def base_url(tiny_model_dir, folders):
         max_output_frames=4,
     )
     app = create_app(lambda: LWM.from_pretrained(tiny_model_dir), config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    else:
-        pytest.fail("the server did not become healthy in 60 s")
-    yield url
-    server.should_exit = True
-    thread.join(10)
-    assert not thread.is_alive(), "the server did not shut down"
+    with serving(app) as url:
+        yield url
     assert app.state.worker.state == "stopped"
 
 

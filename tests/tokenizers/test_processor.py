@@ -7,7 +7,7 @@ import pytest
 import torch
 from sentencepiece import SentencePieceProcessor
 
-from lwm.tokenizers.processing_lwm import LWMProcessor, SequenceTooLongError
+from lwm.tokenizers.processing_lwm import InvalidTextError, LWMProcessor, SequenceTooLongError
 from lwm.tokenizers.text import train_text_tokenizer
 
 SYSTEM = "You are a helpful assistant."
@@ -169,6 +169,15 @@ def test_special_token_spellings_in_user_text_stay_text(processor):
     )
     ids = out["input_ids"].tolist()
     assert ids.count(1) == 1 and 2 not in ids and max(ids) < 400
+
+
+def test_text_that_is_not_unicode_is_refused_by_name(processor):
+    """A lone surrogate (JSON's "\\ud800", or bytes that were not UTF-8) has no tokens."""
+    for text in ("\ud800", "fine, then \udcff"):
+        with pytest.raises(InvalidTextError, match="not valid Unicode: it holds a lone surrogate"):
+            processor.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+    with pytest.raises(InvalidTextError):
+        processor.generation_prompt("a red \udfff ball")
 
 
 def test_decode_round_trip(processor):

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from lwm.api import BUNDLED_DIR
 from lwm.tokenizers.configuration_vqgan import VQGANConfig
 from lwm.tokenizers.modeling_vqgan import VQGAN
 
@@ -97,6 +98,25 @@ def test_video_helpers_fold_frames_in_chunks(model):
     decoded = model.decode_video(codes, chunk_size=2)
     assert torch.allclose(decoded, model.decode(codes), atol=1e-5)
     assert model.decode_video(batched).shape == (2, 3, 3, 32, 32)
+
+
+def test_the_mid_block_count_is_its_own_field(tmp_path):
+    """LWM's mid block always has 2 res blocks; the world and tiny VQGANs were trained with 1."""
+    assert VQGANConfig().num_mid_blocks == 2 and len(VQGAN(VQGANConfig.from_preset("lwm")).decoder.mid) == 2
+    one_per_level = VQGAN(VQGANConfig.from_preset("tiny", num_res_blocks=1, num_mid_blocks=2, kmeans_init=False))
+    assert len(one_per_level.encoder.mid) == len(one_per_level.decoder.mid) == 2
+    assert len(one_per_level.encoder.down[0].block) == 1
+    assert VQGANConfig.from_preset("world").num_mid_blocks == VQGANConfig.from_preset("tiny").num_mid_blocks == 1
+    assert len(VQGAN.from_pretrained(BUNDLED_DIR / "vqgan").decoder.mid) == 1
+    # a folder saved before the field existed had num_res_blocks mid blocks, and loads as it was saved
+    model = VQGAN(VQGANConfig.from_preset("tiny", num_res_blocks=3, num_mid_blocks=3, kmeans_init=False))
+    model.save_pretrained(tmp_path / "old")
+    saved = json.loads((tmp_path / "old" / "config.json").read_text())
+    del saved["num_mid_blocks"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+    assert len(VQGAN.from_pretrained(tmp_path / "old").decoder.mid) == 3
+    with pytest.raises(ValueError, match="num_mid_blocks must be at least 1"):
+        VQGANConfig(num_mid_blocks=0)
 
 
 def test_save_and_load_round_trip(model, tmp_path):
