@@ -301,7 +301,7 @@ def test_rope_3d_needs_the_grid():
 
 def test_codes_can_start_from_the_tokenizers_code_vectors():
     model = tiny_lm()
-    codes, hidden = model.config.num_vision_codes, model.config.hidden_size
+    codes = model.config.num_vision_codes
     vectors = torch.randn(codes, 8, generator=torch.Generator().manual_seed(0))
     vectors[1] = vectors[0] + 0.01  # two codes that draw nearly alike
     untouched = model.vision_embed_tokens.weight[codes:].clone()
