@@ -325,31 +325,28 @@ class VQGAN(nn.Module):
         return clips[:, 0] if len(frames) == 1 else clips
 
     def encode_video(self, frames: torch.Tensor, chunk_size: int = 16) -> torch.Tensor:
-        """Frames `[..., 3, H, W]` (e.g. `[T, ...]` or `[B, T, ...]`) -> codes `[..., h, w]`, encoded
-        `chunk_size` frames at a time so memory stays bounded. With temporal compression the
-        frames are one clip `[T, ...]` (or clips `[B, T, ...]`) and the codes `[T', h, w]`."""
+        """Frames `[..., 3, H, W]` (e.g. `[T, ...]` or `[B, T, ...]`) -> codes `[..., h, w]`. With temporal
+        compression the frames are one clip `[T, ...]` (or clips `[B, T, ...]`) and the codes `[T', h, w]`."""
         if frames.ndim < 4:
             raise ValueError(f"expected frames shaped [..., 3, H, W] with a leading frame dim, got {tuple(frames.shape)}")
-        if self.temporal_compression > 1:
-            clips = frames if frames.ndim == 5 else frames[None]
-            codes = torch.cat([self.encode(clip) for clip in clips.split(max(1, chunk_size // clips.shape[1]))])
-            return codes if frames.ndim == 5 else codes[0]
-        flat = frames.reshape(-1, *frames.shape[-3:])
-        codes = torch.cat([self.encode(chunk) for chunk in flat.split(chunk_size)])
-        return codes.reshape(*frames.shape[:-3], *codes.shape[-2:])
+        return self._in_chunks(self.encode, frames, 3, chunk_size)
 
     def decode_video(self, codes: torch.Tensor, chunk_size: int = 16) -> torch.Tensor:
-        """Codes `[..., h, w]` -> frames `[..., 3, H, W]`, decoded `chunk_size` grids at a time (the
-        inverse of `encode_video`)."""
+        """Codes `[..., h, w]` -> frames `[..., 3, H, W]` (the inverse of `encode_video`)."""
         if codes.ndim < 3:
             raise ValueError(f"expected codes shaped [..., h, w] with a leading frame dim, got {tuple(codes.shape)}")
+        return self._in_chunks(self.decode, codes, 2, chunk_size)
+
+    def _in_chunks(self, step, tensor: torch.Tensor, frame_dims: int, chunk_size: int) -> torch.Tensor:
+        """`step` (encode or decode) over the frames of `tensor` (its last `frame_dims` dims are one frame),
+        `chunk_size` at a time so memory stays bounded; with temporal compression whole clips at a time."""
         if self.temporal_compression > 1:
-            clips = codes if codes.ndim == 4 else codes[None]
-            frames = torch.cat([self.decode(clip) for clip in clips.split(max(1, chunk_size // clips.shape[1]))])
-            return frames if codes.ndim == 4 else frames[0]
-        flat = codes.reshape(-1, *codes.shape[-2:])
-        frames = torch.cat([self.decode(chunk) for chunk in flat.split(chunk_size)])
-        return frames.reshape(*codes.shape[:-2], *frames.shape[-3:])
+            clips = tensor if tensor.ndim == frame_dims + 2 else tensor[None]
+            out = torch.cat([step(chunk) for chunk in clips.split(max(1, chunk_size // clips.shape[1]))])
+            return out if tensor.ndim == frame_dims + 2 else out[0]
+        flat = tensor.reshape(-1, *tensor.shape[-frame_dims:])
+        out = torch.cat([step(chunk) for chunk in flat.split(chunk_size)])
+        return out.reshape(*tensor.shape[:-frame_dims], *out.shape[1:])
 
     def _check_pixels(self, pixels: torch.Tensor) -> None:
         factor = self.config.downsample_factor
