@@ -46,6 +46,9 @@ class VQGANTrainConfig:
     output_dir: str  # checkpoints, logs and the final model
     model: str = "world"  # VQGAN preset name or JSON path; ignored when resuming or fine-tuning
     init_from: str | None = None  # a VQGAN folder to fine-tune instead of a fresh model
+    # Fine-tune init_from's pixel decoder alone: the encoder and the codebook stay frozen, so every code
+    # stays what it was and data tokenized with init_from stays valid.
+    decoder_only: bool = False
     eval_data: list[str] = field(default_factory=list)  # held-out media; default: `holdout` of `data`
     holdout: float = 0.05
     frames_per_clip: int = 4  # frames drawn from a video each time it is sampled
@@ -66,6 +69,9 @@ class VQGANTrainConfig:
     eval_frames: int = 256
     num_workers: int = 0  # data loader workers
     seed: int = 0
+
+
+PIXEL_DECODER = ("post_quant_conv.", "decoder.")  # what `decoder_only` trains: codes -> pixels
 
 
 def load_vqgan_config(path: str | Path, overrides: list[str] = ()) -> VQGANTrainConfig:
@@ -247,6 +253,11 @@ def train_vqgan(config: VQGANTrainConfig, resume: bool = False) -> dict:
     else:
         model = VQGAN(VQGANConfig.from_preset(config.model))
     model_config = model.config
+    if config.decoder_only:
+        if not config.init_from:
+            raise ValueError("decoder_only fine-tunes the pixel decoder of a trained VQGAN: set init_from")
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.startswith(PIXEL_DECODER))
 
     k = model_config.temporal_compression
     if k > 1 and (config.frames_per_clip - 1) % k:
@@ -259,7 +270,8 @@ def train_vqgan(config: VQGANTrainConfig, resume: bool = False) -> dict:
         dataset, batch_size=clips_per_batch, shuffle=True, drop_last=len(dataset) >= clips_per_batch,
         num_workers=config.num_workers, collate_fn=torch.stack if k > 1 else _concat_frames,
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=(0.5, 0.9))
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config.learning_rate, betas=(0.5, 0.9))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_lr_factor, config=config))
     use_gan = config.gan_weight > 0
     discriminator = PatchDiscriminator(model_config.in_channels) if use_gan else None
@@ -294,9 +306,15 @@ def train_vqgan(config: VQGANTrainConfig, resume: bool = False) -> dict:
     metrics: dict = {}
     while step < config.max_steps:
         pixels = next(batches)
+        if config.decoder_only:  # codes as they were: no EMA codebook update, no quantizer loss
+            frozen = accelerator.unwrap_model(model)
+            for module in (frozen.encoder, frozen.quant_conv, frozen.quantize):
+                module.eval()
         output = model(pixels)
         reconstruction = output.reconstruction
-        loss = config.l1_weight * F.l1_loss(reconstruction, pixels) + output.quantizer_loss
+        loss = config.l1_weight * F.l1_loss(reconstruction, pixels)
+        if not config.decoder_only:
+            loss = loss + output.quantizer_loss
         if config.l2_weight:
             loss = loss + config.l2_weight * F.mse_loss(reconstruction, pixels)
         if perceptual is not None:

@@ -49,7 +49,21 @@ def trained(world, tmp_path_factory):
 
 def test_the_bundled_recipe_is_a_valid_config():
     config = load_vqgan_config(REPO / "configs" / "train" / "bundled-vqgan.yaml")
-    assert (config.model, config.max_steps, config.batch_size, config.learning_rate) == ("world", 3000, 64, 5e-4)
+    assert (config.model, config.max_steps, config.batch_size, config.learning_rate) == ("world-local", 2500, 32, 1e-3)
+    assert VQGANConfig.from_preset(config.model).local_encoder
+
+
+def test_a_decoder_only_fine_tune_keeps_every_code(world, trained, tmp_path):
+    out = tmp_path / "decoder"
+    config = train_config(world, out, init_from=str(trained), decoder_only=True, max_steps=4, batch_size=8,
+                          learning_rate=1e-2, warmup_steps=1, log_every=2, eval_frames=8)
+    assert lwm_main(["tokenizer", "train", config]) == 0
+    before, after = VQGAN.from_pretrained(trained), VQGAN.from_pretrained(out)
+    frames = held_out_frames(world[1], 32)
+    assert torch.equal(before.encode(frames), after.encode(frames))
+    changed = {name for name, weight in after.state_dict().items() if not torch.equal(weight, before.state_dict()[name])}
+    assert changed and all(name.startswith(("decoder.", "post_quant_conv.")) for name in changed), changed
+    assert lwm_main(["tokenizer", "train", train_config(world, tmp_path / "x", decoder_only=True)]) == 1
 
 
 def held_out_frames(held_out, resolution):
