@@ -21,8 +21,10 @@ from lwm.generation.sampling import (
 )
 from lwm.generation.sharded import ShardedCache, ShardedSteps
 from lwm.generation.vision import (
+    DRAWING_CONFIG_NAME,
     IMAGE_SAMPLING,
     VIDEO_SAMPLING,
+    DrawingConfig,
     continue_video,
     generate_image,
     generate_video,
@@ -31,10 +33,12 @@ from lwm.generation.vision import (
 )
 
 __all__ = [
+    "DRAWING_CONFIG_NAME",
     "GREEDY",
     "IMAGE_SAMPLING",
     "VIDEO_SAMPLING",
     "CachedSteps",
+    "DrawingConfig",
     "FrameLayout",
     "FrameStructureLogitsProcessor",
     "SamplingConfig",
