@@ -37,6 +37,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"what to measure (default: all): {', '.join(TASKS)}")
     parser.add_argument("--seeds", type=int, default=None,
                         help=f"held-out clips per world task (default {FULL.seeds}; --quick {QUICK.seeds})")
+    parser.add_argument("--first-seed", type=int, default=0, metavar="N",
+                        help="start the world tasks' clips at the N-th held-out seed (default 0; e.g. tune drawing "
+                        "settings on clips the full eval does not use)")
     parser.add_argument("--video-frames", type=int, default=None,
                         help=f"frames per text->video sample (default {FULL.video_frames}; --quick {QUICK.video_frames})")
     parser.add_argument("--temperature", type=float, default=None,
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if lwm is None:
         return 1
     options = EvalOptions(
-        model=str(args.model), quick=args.quick, tasks=tuple(args.tasks), seeds=args.seeds,
+        model=str(args.model), quick=args.quick, tasks=tuple(args.tasks), seeds=args.seeds, first_seed=args.first_seed,
         video_frames=args.video_frames, temperature=args.temperature, trained_length=args.trained_length,
         needle_multiples=None if args.needle_multiples is None else tuple(args.needle_multiples),
         needle_seeds=args.needle_seeds, rope_scalings=tuple(args.rope_scaling), ring=args.ring,

@@ -49,8 +49,9 @@ class EvalOptions:
     quick: bool = False
     tasks: tuple[str, ...] = TASKS
     seeds: int | None = None
+    first_seed: int = 0  # the world tasks' clips start at this held-out seed (e.g. to tune on other clips)
     video_frames: int | None = None
-    temperature: float = 1.0  # of the drawing tasks (0: greedy); text is always greedy
+    temperature: float | None = None  # of the drawing tasks (0: greedy; None: the model's); text is always greedy
     trained_length: int | None = None  # None: the model's max_position_embeddings
     needle_multiples: tuple[int, ...] | None = None
     needle_seeds: int | None = None
@@ -78,6 +79,7 @@ def evaluate(lwm, folder: Path, options: EvalOptions) -> dict:
     preset = options.preset
     world_config = WorldEvalConfig(
         seeds=preset.seeds if options.seeds is None else options.seeds,
+        first_seed=options.first_seed,
         video_frames=preset.video_frames if options.video_frames is None else options.video_frames,
         context_frames=preset.context_frames,
         continuation_frames=preset.continuation_frames,

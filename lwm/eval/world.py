@@ -45,7 +45,8 @@ SAMPLES_KEPT = 4  # examples of prompts and outputs kept in the report per task
 
 @dataclass(frozen=True)
 class WorldEvalConfig:
-    seeds: int = 20  # held-out clips per task (the first `seeds` of split_seeds("held_out"))
+    seeds: int = 20  # held-out clips per task (`seeds` of split_seeds("held_out") from the `first_seed`-th on)
+    first_seed: int = 0
     video_frames: int = 4  # frames drawn per text -> video prompt (the world's text -> video examples show 4)
     context_frames: int = 4  # frames shown before a continuation
     continuation_frames: int = 4  # frames the model continues with
@@ -62,6 +63,8 @@ class WorldEvalConfig:
         if self.context_frames + self.continuation_frames > world.WorldConfig().min_frames:
             raise ValueError(f"context_frames + continuation_frames must be at most {world.WorldConfig().min_frames}, "
                              "the length of the shortest world clip")
+        if self.first_seed < 0:
+            raise ValueError(f"first_seed must be >= 0, got {self.first_seed}")
         if self.temperature is not None and self.temperature < 0:
             raise ValueError(f"temperature must be 0 (greedy) or positive, got {self.temperature}")
 
@@ -168,8 +171,8 @@ class TaskResult:
     seconds: float = 0.0
 
 
-def held_out_clips(n: int) -> list[world.Clip]:
-    return [world.generate_clip(seed) for seed in world.split_seeds("held_out", n)]
+def held_out_clips(n: int, first: int = 0) -> list[world.Clip]:
+    return [world.generate_clip(seed) for seed in world.split_seeds("held_out", first + n)[first:]]
 
 
 def continuation_case(clip: world.Clip, config: WorldEvalConfig) -> tuple[world.Clip, world.Clip]:
@@ -370,7 +373,7 @@ def evaluate_world(subject: Subject, tasks: list[str], config: WorldEvalConfig, 
         raise ValueError("the tokenizer task needs the model's VQGAN")
     if not tasks:
         return {}
-    clips = held_out_clips(config.seeds)
+    clips = held_out_clips(config.seeds, config.first_seed)
     runners = {
         "video_qa": evaluate_video_qa,
         "conversation": evaluate_conversation,

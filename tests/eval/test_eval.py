@@ -155,6 +155,16 @@ def test_world_config_checks():
         WorldEvalConfig(context_frames=6, continuation_frames=6)
     with pytest.raises(ValueError, match="unknown world tasks"):
         evaluate_world(GroundTruth([], CONFIG), ["vqa"], CONFIG)
+    with pytest.raises(ValueError, match="first_seed"):
+        WorldEvalConfig(first_seed=-1)
+
+
+def test_the_clips_can_start_at_another_held_out_seed():
+    from lwm.eval.world import held_out_clips
+
+    held_out = world.split_seeds("held_out")
+    assert [clip.seed for clip in held_out_clips(3)] == list(held_out[:3])
+    assert [clip.seed for clip in held_out_clips(2, first=50_000)] == list(held_out[50_000:50_002])
 
 
 # ---------------------------------------------------------------------------------------------------
