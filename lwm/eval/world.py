@@ -296,11 +296,16 @@ def evaluate_text_to_video(subject: Subject, clips: list[world.Clip], config: Wo
     return TaskResult({**_judged(scores), "seeds": [clip.seed for clip in clips], "samples": samples}, grid)
 
 
-def code_agreement(vqgan, frames: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per frame, the share of codes that `frames` and the true frames get from the VQGAN."""
-    codes = [vqgan.encode_video(media.preprocess(x, vqgan.config.resolution).to(next(vqgan.parameters()).device))
-             for x in (frames, truth)]
-    return (codes[0] == codes[1]).float().flatten(1).mean(1).cpu().numpy()
+def code_agreement(vqgan, frames: np.ndarray, truth: np.ndarray, last_given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame, the share of codes that `frames` and the true frames get from the VQGAN: of all codes,
+    and of the codes that changed from the true frame before (`last_given` before the first), where the
+    motion is (over 85% of a world frame is background that a copy of the last frame gets right)."""
+    device = next(vqgan.parameters()).device
+    drawn, true, before = (vqgan.encode_video(media.preprocess(x, vqgan.config.resolution).to(device)).cpu()
+                           for x in (frames, truth, np.concatenate([last_given[None], truth[:-1]])))
+    same, changed = (drawn == true).flatten(1), (true != before).flatten(1)
+    of_changed = (same & changed).sum(1) / changed.sum(1).clamp(min=1)
+    return same.float().mean(1).numpy(), of_changed.float().numpy()
 
 
 def evaluate_continuation(subject: Subject, clips: list[world.Clip], config: WorldEvalConfig,
@@ -309,7 +314,8 @@ def evaluate_continuation(subject: Subject, clips: list[world.Clip], config: Wor
     frame. With the VQGAN and a subject that can be teacher-forced, also what the model predicts given
     the true past at every code (`teacher_forced.*`), and per future frame the share of codes its
     free-running and teacher-forced continuations (and the repeated last frame) share with the truth
-    (`*.code_agreement@k`), both read back through the VQGAN so the two are measured alike."""
+    (`*.code_agreement@k`; `*.changed_code_agreement@k` where the true code changed from the frame
+    before), all read back through the VQGAN so they are measured alike."""
     scores, static, samples, grid = [], [], [], []
     forced_scores, agreement = [], defaultdict(list)
     for clip in tqdm(clips, desc="continuation", disable=not progress):
@@ -322,7 +328,7 @@ def evaluate_continuation(subject: Subject, clips: list[world.Clip], config: Wor
             forced = subject.teacher_forced(context.frames, future.frames)
             forced_scores.append(score_continuation(forced, future))
             for name, drawn in (("free_running", frames), ("teacher_forced", forced), ("static_baseline", still)):
-                agreement[name].append(code_agreement(vqgan, drawn, future.frames))
+                agreement[name].append(code_agreement(vqgan, drawn, future.frames, context.frames[-1]))
         if len(samples) < SAMPLES_KEPT:
             samples.append({"seed": clip.seed, "trajectory_error": scores[-1].trajectory_error,
                             "found": scores[-1].found, "direction_kept": scores[-1].direction_kept})
@@ -340,8 +346,11 @@ def evaluate_continuation(subject: Subject, clips: list[world.Clip], config: Wor
         metrics["teacher_forced.direction_kept"] = float(np.mean([s.direction_kept for s in forced_scores]))
         metrics["teacher_forced.trajectory_error"] = _nanmean([s.trajectory_error for s in forced_scores])
         for name, per_clip in agreement.items():
-            for frame, value in enumerate(np.mean(per_clip, axis=0), 1):
+            everywhere, where_changed = np.mean(per_clip, axis=0)
+            for frame, (value, changed) in enumerate(zip(everywhere, where_changed), 1):
                 metrics[f"{name}.code_agreement@{frame}"] = float(value)
+                if name != "static_baseline":  # which matches no changed code by construction
+                    metrics[f"{name}.changed_code_agreement@{frame}"] = float(changed)
     summary = {"metrics": metrics, "count": len(scores), "context_frames": config.context_frames,
                "continuation_frames": config.continuation_frames, "seeds": [clip.seed for clip in clips],
                "samples": samples}

@@ -159,6 +159,30 @@ def test_world_config_checks():
         WorldEvalConfig(first_seed=-1)
 
 
+def test_code_agreement_counts_all_codes_and_the_changed_ones():
+    from lwm.eval.world import code_agreement
+    from lwm.tokenizers import VQGAN
+
+    class Patches(VQGAN):
+        """A stand-in VQGAN whose code of a patch is whether the patch holds a bright pixel."""
+
+        def __init__(self):
+            torch.nn.Module.__init__(self)
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+            self.config = type("Config", (), {"resolution": 64})()
+
+        def encode_video(self, frames, chunk_size=16):
+            return (frames.unflatten(-1, (8, 8)).unflatten(-3, (8, 8)).amax(dim=(1, 3, 5)) > 0).long()
+
+    clip = world.generate_clip(world.split_seeds("held_out")[0])
+    context, future = world.continuation(clip, 4, 2)
+    everywhere, changed = code_agreement(Patches(), future.frames, future.frames, context.frames[-1])
+    assert (everywhere == 1).all() and (changed == 1).all()
+    still = np.repeat(context.frames[-1:], 2, axis=0)
+    everywhere, changed = code_agreement(Patches(), still, future.frames, context.frames[-1])
+    assert changed[0] == 0 and 0.5 < everywhere[0] < 1  # a copy keeps the background, misses what moved
+
+
 def test_the_clips_can_start_at_another_held_out_seed():
     from lwm.eval.world import held_out_clips
 
@@ -286,6 +310,7 @@ def test_random_model_runs_end_to_end_and_fails_its_bars(tiny_model_dir, tmp_pat
     assert 0 <= result["metrics"]["tokenizer.code_stability"] <= 1  # reported; its values: test_reconstruction.py
     for name in ("free_running", "teacher_forced", "static_baseline"):  # frames 1-2 of the quick continuation
         assert all(0 <= result["metrics"][f"continuation.{name}.code_agreement@{k}"] <= 1 for k in (1, 2))
+    assert all(0 <= result["metrics"][f"continuation.teacher_forced.changed_code_agreement@{k}"] <= 1 for k in (1, 2))
     assert "continuation.teacher_forced.direction_kept" in result["metrics"]
     assert result["tasks"]["video_qa"]["seeds"] == [world.split_seeds("held_out")[0]]
     first_clip = world.generate_clip(result["tasks"]["video_qa"]["seeds"][0])
