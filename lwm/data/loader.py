@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lwm.data.packing import Overlong, RowPlanner, pack_row, stack_rows
+from lwm.data.packing import Overlong, RowPlanner, VisionNoise, pack_row, stack_rows
 from lwm.data.tokenize import FORMAT, INDEX_NAME, VERSION
 
 
@@ -43,6 +43,7 @@ class TokenizedDataset:
         if self.index.get("format") != FORMAT or self.index.get("version") != VERSION:
             raise ValueError(f"{index_path}: not a {FORMAT} v{VERSION} index")
         self.text_vocab_size = int(self.index["text_vocab_size"])
+        self.codebook_size = int(self.index["codebook_size"])
         self._ids, self._masks, self._offsets, tasks = [], [], [], []
         for shard in self.index["shards"]:
             folder = directory / shard["path"]
@@ -144,11 +145,15 @@ class PackedLoader:
         overlong: Overlong = "truncate",
         open_rows: int = 4,
         train_prompt_vision: bool = False,
+        vision_noise: float = 0.0,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.dataset, self.seq_len, self.batch_size = dataset, seq_len, batch_size
         self.train_prompt_vision = train_prompt_vision
+        if not 0 <= vision_noise < 1:
+            raise ValueError(f"vision_noise must lie in [0, 1), got {vision_noise}")
+        self.vision_noise, self.seed = vision_noise, seed
         self.stream = ExampleStream(dataset.tasks, task_weights, seed, dp_rank, dp_size)
         self.planner = RowPlanner(seq_len, overlong, open_rows)
         self.ready: list[list[tuple[int, int]]] = []  # closed rows not yet batched
@@ -163,14 +168,18 @@ class PackedLoader:
             self.ready += self.planner.add(key, int(self.dataset.lengths[key]))
         rows, self.ready = self.ready[: self.batch_size], self.ready[self.batch_size :]
         self.batches += 1
-        return stack_rows([self._materialize(row) for row in rows])
+        return stack_rows([self._materialize(row, index) for index, row in enumerate(rows)])
 
-    def _materialize(self, row: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+    def _materialize(self, row: list[tuple[int, int]], index: int) -> dict[str, torch.Tensor]:
         examples = []
         for key, length in row:
             ids, mask = self.dataset[key]
-            examples.append((ids[:length], mask[:length]))
-        return pack_row(examples, self.seq_len, self.dataset.text_vocab_size, self.train_prompt_vision)
+            examples.append((np.array(ids[:length]), mask[:length]))
+        noise = None
+        if self.vision_noise:  # seeded by the row's place in the stream, so a resumed run draws the same noise
+            rng = np.random.default_rng([self.seed, self.batches, index])
+            noise = VisionNoise(self.vision_noise, self.dataset.codebook_size, rng)
+        return pack_row(examples, self.seq_len, self.dataset.text_vocab_size, self.train_prompt_vision, noise)
 
     def state_dict(self) -> dict:
         return {

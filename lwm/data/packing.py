@@ -35,6 +35,9 @@ the weights are counted over each document's positions 1..n-1 — exactly the ta
 Examples longer than L are truncated to L (`overlong="truncate"`) or dropped (`"drop"`); the planner
 counts both.
 
+With `noise` (`VisionNoise`), some of the codes a row holds as inputs are replaced by other codes of
+their document; its labels keep the true ones.
+
 With `train_prompt_vision`, the vision tokens of prompts (a video asked about, a continuation's given
 frames) are trained too: every video in the data becomes next-frame prediction, which a world model
 learns its dynamics from, while an answer's loss stays what it was (text and vision are averaged apart).
@@ -54,9 +57,20 @@ PAD_ID = 0
 Overlong = Literal["truncate", "drop"]
 
 
+@dataclass(frozen=True)
+class VisionNoise:
+    """Codes the model reads replaced, each with probability `rate`, by a code drawn from the same
+    document (mostly background, sometimes another object's fragment: the errors of a sampled frame),
+    while the targets stay the true codes, so it learns to continue from frames like its own samples."""
+
+    rate: float
+    codebook_size: int
+    rng: np.random.Generator
+
+
 def pack_row(
     examples: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int, text_vocab_size: int,
-    train_prompt_vision: bool = False,
+    train_prompt_vision: bool = False, noise: VisionNoise | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pack `(input_ids, loss_mask)` examples (total length <= seq_len) into one row of `seq_len`."""
     total = sum(len(ids) for ids, _ in examples)
@@ -83,6 +97,8 @@ def pack_row(
                 weights[start:end][in_modality] = 1.0 / count
         segment_ids[start:end] = document
         position_ids[start:end] = np.arange(len(ids))
+        if noise is not None and noise.rate > 0:
+            _add_vision_noise(input_ids[start:end], text_vocab_size, noise)
         start = end
     return {
         "input_ids": torch.from_numpy(input_ids),
@@ -91,6 +107,15 @@ def pack_row(
         "segment_ids": torch.from_numpy(segment_ids),
         "position_ids": torch.from_numpy(position_ids),
     }
+
+
+def _add_vision_noise(ids: np.ndarray, text_vocab_size: int, noise: VisionNoise) -> None:
+    """Replaces, in place, `noise.rate` of the codes of one document's ids by codes of the same document."""
+    codes = np.flatnonzero((ids >= text_vocab_size) & (ids < text_vocab_size + noise.codebook_size))
+    if len(codes) == 0:
+        return
+    replaced = codes[noise.rng.random(len(codes)) < noise.rate]
+    ids[replaced] = ids[noise.rng.choice(codes, size=len(replaced))]
 
 
 def stack_rows(rows: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -60,6 +60,9 @@ class DataConfig:
     open_rows: int = 4  # rows the packer keeps open for first-fit
     # Also train the vision tokens of prompts (lwm.data.packing): every video becomes next-frame prediction.
     train_prompt_vision: bool = False
+    # The share of the codes the model reads that are replaced by other codes of their example, their
+    # targets kept (lwm.data.packing.VisionNoise): training to continue from frames like its own samples.
+    vision_noise: float = 0.0
 
 
 @dataclass

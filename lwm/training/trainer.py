@@ -62,6 +62,7 @@ def packed_batches(data: DataConfig, stage: StageConfig, micro_batch_size: int, 
         TokenizedDataset(data.path), stage.seq_len, micro_batch_size,
         seed=data.seed, task_weights=data.mixture, dp_rank=mesh.dp_rank, dp_size=mesh.dp_size,
         overlong=data.overlong, open_rows=data.open_rows, train_prompt_vision=data.train_prompt_vision,
+        vision_noise=data.vision_noise,
     )
 
 

@@ -54,8 +54,10 @@ def assert_same_batches(first, second):
 
 
 @pytest.mark.parametrize("stop_after", [1, 4])
-def test_restore_continues_with_identical_batches(dataset, stop_after):
-    settings = dict(seq_len=48, batch_size=3, seed=7, task_weights={"a": 1.0, "b": 2.0, "c": 1.0})
+@pytest.mark.parametrize("vision_noise", [0.0, 0.5])
+def test_restore_continues_with_identical_batches(dataset, stop_after, vision_noise):
+    settings = dict(seq_len=48, batch_size=3, seed=7, task_weights={"a": 1.0, "b": 2.0, "c": 1.0},
+                    vision_noise=vision_noise)
     uninterrupted = take(PackedLoader(dataset, **settings), stop_after + 5)
 
     interrupted = PackedLoader(dataset, **settings)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lwm.data.packing import RowPlanner, pack_row, stack_rows
+from lwm.data.packing import RowPlanner, VisionNoise, pack_row, stack_rows
 from lwm.model import LWMConfig, LWMForCausalLM
 
 TEXT_VOCAB = 512  # the "tiny" model preset's text vocabulary
@@ -67,6 +67,25 @@ def test_prompt_vision_can_be_trained_too():
         text = torch.from_numpy(trained & ~is_vision)  # text targets keep their weights
         assert torch.equal(with_prompt_vision["loss_weights"][span][text], plain["loss_weights"][span][text])
         assert with_prompt_vision["loss_weights"][span][torch.from_numpy(trained & is_vision)].sum().item() == pytest.approx(1.0)
+        start += len(ids)
+
+
+def test_vision_noise_changes_what_the_model_reads_not_what_it_learns():
+    examples = examples_with(2, [300, 200])
+    codes = VISION_IDS - 2  # the last two vision ids are <eof> and <eov>, never replaced
+    clean = pack_row(examples, 512, TEXT_VOCAB)
+    noisy = pack_row(examples, 512, TEXT_VOCAB, noise=VisionNoise(0.3, codes, np.random.default_rng(0)))
+    for key in ("labels", "loss_weights", "segment_ids", "position_ids"):
+        assert torch.equal(noisy[key], clean[key]), key
+    changed = noisy["input_ids"] != clean["input_ids"]
+    is_code = (clean["input_ids"] >= TEXT_VOCAB) & (clean["input_ids"] < TEXT_VOCAB + codes)
+    assert not (changed & ~is_code).any()  # text, delimiters and padding stay
+    assert 0.15 < changed.sum() / is_code.sum() < 0.3  # replaced at 0.3, some by an equal code
+    start = 0
+    for ids, _ in examples:  # a replacement is a code of the same document
+        span = slice(start, start + len(ids))
+        own = set(clean["input_ids"][span][is_code[span]].tolist())
+        assert set(noisy["input_ids"][span][changed[span]].tolist()) <= own
         start += len(ids)
 
 
