@@ -69,15 +69,11 @@ $(RUN)/needles-short/manifest.jsonl: | install
 $(RUN)/text-tokenizer/tokenizer.model: $(RUN)/world/manifest.jsonl
 	$(LWM) tokenizer train-text $< --vocab-size 768 -o $(RUN)/text-tokenizer
 
-# The VQGAN, then its pixel decoder alone fine-tuned further (the codes stay what they were).
 $(RUN)/vqgan/model.safetensors: $(RUN)/world/manifest.jsonl
 	$(LWM) tokenizer train configs/train/bundled-vqgan.yaml num_workers=$(WORKERS)
 
-$(RUN)/vqgan-decoder/model.safetensors: $(RUN)/vqgan/model.safetensors
-	$(LWM) tokenizer train configs/train/bundled-vqgan-decoder.yaml num_workers=$(WORKERS)
-
-TOKENIZE_DEPS := $(RUN)/text-tokenizer/tokenizer.model $(RUN)/vqgan-decoder/model.safetensors
-TOKENIZE = $(LWM) data tokenize $< --out $(@D) --tokenizer $(RUN)/text-tokenizer --vqgan $(RUN)/vqgan-decoder \
+TOKENIZE_DEPS := $(RUN)/text-tokenizer/tokenizer.model $(RUN)/vqgan/model.safetensors
+TOKENIZE = $(LWM) data tokenize $< --out $(@D) --tokenizer $(RUN)/text-tokenizer --vqgan $(RUN)/vqgan \
 	--max-frames 16 --max-length 1280 --workers $(WORKERS) --device $(DEVICE)
 
 $(RUN)/tokens/index.json: $(RUN)/world-decoder/manifest.jsonl $(TOKENIZE_DEPS)

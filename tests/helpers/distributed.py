@@ -2,14 +2,18 @@
 
     run_distributed(worker, 2, case_list)   # calls worker(rank, world_size, case_list) in 2 processes
 
-Workers are forked, so they start at once with everything the test module imported (spawning
-would import torch and transformers again in every process); the caller must not hold a process
-group itself. Assertions inside a worker fail the calling test with the worker's traceback, and
-the other workers are stopped.
+Workers start from a fork server: a clean single-threaded process that imported torch and lwm once,
+so each worker starts at once without inheriting the test process's threads. Forking the test
+process itself hung CI: by then it holds threads (tqdm's monitor, thread pools of earlier tests),
+and a lock one of them held at the fork stays locked forever in the child. The worker and its
+arguments are pickled, so workers are module-level functions. The caller must not hold a process
+group itself. Assertions inside a worker fail the calling test with the worker's traceback, and the
+other workers are stopped.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from datetime import timedelta
 
@@ -19,11 +23,13 @@ import torch.multiprocessing as mp
 
 from lwm.parallel import free_local_port
 
+multiprocessing.set_forkserver_preload(["torch", "lwm.model", "lwm.training"])
+
 
 def run_distributed(worker, world_size: int, *args, threads_per_rank: int = 1, timeout_s: float = 120) -> None:
     mp.start_processes(
         _run_rank, args=(worker, world_size, free_local_port(), args, threads_per_rank, timeout_s), nprocs=world_size,
-        start_method="fork",
+        start_method="forkserver",
     )
 
 
@@ -38,4 +44,3 @@ def _run_rank(rank, worker, world_size, port, args, threads_per_rank, timeout_s)
         worker(rank, world_size, *args)
     finally:
         dist.destroy_process_group()
-
