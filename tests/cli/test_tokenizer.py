@@ -47,8 +47,10 @@ def trained(world, tmp_path_factory):
     return out
 
 
-def test_the_bundled_recipe_is_a_valid_config():
-    config = load_vqgan_config(REPO / "configs" / "train" / "bundled-vqgan.yaml")
+def test_the_recipes_are_valid_configs():
+    bundled = load_vqgan_config(REPO / "configs" / "train" / "bundled-vqgan.yaml")
+    assert (bundled.model, bundled.max_steps, bundled.batch_size) == ("world", 3000, 64)
+    config = load_vqgan_config(REPO / "configs" / "train" / "world-dynamics-vqgan.yaml")
     assert (config.model, config.max_steps, config.batch_size, config.learning_rate) == ("world-local", 2500, 32, 1e-3)
     assert VQGANConfig.from_preset(config.model).local_encoder
 

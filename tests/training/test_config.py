@@ -1,14 +1,17 @@
 """Training configs: YAML onto dataclasses, typed overrides, the learning-rate schedule, DeepSpeed settings."""
 
+import dataclasses
 import json
 import math
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from lwm import world
 from lwm.generation import DrawingConfig
 from lwm.model import LWMConfig
+from lwm.tokenizers.configuration_vqgan import VQGANConfig
 from lwm.training.config import ConfigError, ScheduleConfig, load_config
 from lwm.training.trainer import deepspeed_config, lr_multiplier
 
@@ -76,24 +79,112 @@ def test_deepspeed_settings_come_from_the_config_and_extra_json_may_not_override
         deepspeed_config(load_config(path, [f"parallel.deepspeed_config={extra}"]))
 
 
-def test_the_bundled_recipe_trains_on_the_makefiles_data_and_exports_a_whole_model_folder():
+def test_the_bundled_recipe_exports_a_whole_model_folder():
     config = load_config("configs/train/bundled.yaml")
-    assert config.processor.tokenizer == "runs/bundled/text-tokenizer"
-    assert config.model.name_or_path == "world" and config.model.init_codes_from_vqgan
-    assert DrawingConfig.from_json(config.processor.drawing).video_frames == 4  # as the world's text -> video examples
+    assert (config.processor.tokenizer, config.processor.vqgan) == ("runs/bundled/text-tokenizer", "runs/bundled/vqgan")
+    # every task `lwm data world` writes, needles included
+    assert config.model.name_or_path == "world" and set(config.data.mixture) == set(world.DEFAULT_TASKS) | {"needle"}
+
+
+def test_the_needle_curriculum_continues_the_bundled_recipe_on_the_makefiles_data():
+    base = load_config("configs/train/bundled.yaml")
+    config = load_config("configs/train/bundled-needles.yaml")
+    assert config.model.name_or_path == f"{base.output_dir}/pretrained/stage0"
+    assert config.processor == base.processor
+    recipe = subprocess.run(["make", "-n", "-B", "bundled-data", "LWM=lwm"], capture_output=True, text=True, check=True)
+    short, long_, again = config.stages
+    assert long_.data is None  # the top-level data: log-uniform haystacks beside the world's tasks replayed
+    assert again.data == dataclasses.replace(config.data, seed=again.data.seed) and again.data.seed != config.data.seed
+    assert short.data.mixture == {"needle": 1.0}
+    assert set(config.data.mixture) == set(world.DEFAULT_TASKS) | {"needle"}
+    for data in (short.data, config.data):
+        assert f"--out {data.path} " in recipe.stdout
+    assert long_.seq_len == again.seq_len == base.stages[0].seq_len
+
+
+
+def test_the_conversation_step_continues_the_needle_curriculum():
+    needles = load_config("configs/train/bundled-needles.yaml")
+    config = load_config("configs/train/bundled-conversation.yaml")
+    assert config.model.name_or_path == f"{needles.output_dir}/pretrained/stage{len(needles.stages) - 1}"
+    assert config.processor == dataclasses.replace(needles.processor, single_turn=False)
+    assert set(config.data.mixture) == set(world.DEFAULT_TASKS) | {"needle", "video_conversation"}
+    assert [stage.seq_len for stage in config.stages] == [needles.stages[-1].seq_len]
+
+
+def test_the_third_step_continues_the_needle_curriculum_on_every_world_task():
+    needles = load_config("configs/train/bundled-needles.yaml")
+    config = load_config("configs/train/bundled-continue.yaml")
+    assert config.model.name_or_path == f"{needles.output_dir}/pretrained/stage{len(needles.stages) - 1}"
+    assert config.processor == needles.processor
+    assert "video_conversation" in config.data.mixture
+    assert set(config.data.mixture) == set(world.TASKS) | {"needle"}
+    assert [stage.seq_len for stage in config.stages] == [needles.stages[-1].seq_len]
     recipe = subprocess.run(["make", "-n", "-B", "bundled", "LWM=lwm"], capture_output=True, text=True, check=True)
-    world_stage, needles_stage, last_stage = config.stages
-    for data in (config.data, needles_stage.data, last_stage.data):
+    assert f"--out {config.data.path} " in recipe.stdout
+    rendered = recipe.stdout.split("data world runs/bundled/continue ")[1].split("--tasks")[1].split("--workers")[0]
+    assert set(rendered.replace("\\", " ").split()) | {"needle"} == set(config.data.mixture)
+
+
+def test_the_fourth_step_trains_the_third_further_on_its_data_and_is_what_ships():
+    third = load_config("configs/train/bundled-continue.yaml")
+    config = load_config("configs/train/bundled-qa.yaml")
+    assert config.model.name_or_path == f"{third.output_dir}/pretrained/stage{len(third.stages) - 1}"
+    assert config.processor == third.processor
+    assert config.data.path == third.data.path and config.data.seed != third.data.seed
+    assert set(config.data.mixture) == set(third.data.mixture)
+    assert max(config.data.mixture, key=config.data.mixture.get) == "video_qa"
+    assert [stage.seq_len for stage in config.stages] == [third.stages[-1].seq_len]
+    recipe = subprocess.run(["make", "-n", "-B", "bundled", "LWM=lwm"], capture_output=True, text=True, check=True)
+    trained = [line for line in recipe.stdout.splitlines() if line.startswith("lwm train ")]
+    assert trained[-2:] == ["lwm train configs/train/bundled-qa.yaml",
+                            "lwm train configs/train/bundled-qa.yaml --export-only --export-dir lwm/bundled"]
+
+
+def test_the_code_grid_experiment_gives_the_fourth_step_a_grid():
+    fourth = load_config("configs/train/bundled-qa.yaml")
+    config = load_config("configs/train/bundled-grid.yaml")
+    assert config.model.name_or_path == f"{fourth.output_dir}/pretrained/stage{len(fourth.stages) - 1}"
+    assert config.model.vision_grid_size == VQGANConfig.from_preset("world").grid_size  # 16 x 16 codes a frame
+    assert config.optimizer.lr_scale == {"vision_grid.*": 20}
+    assert config.processor == fourth.processor
+    assert config.data.path == fourth.data.path and config.data.seed not in (fourth.data.seed, 0)
+    assert config.data.mixture == fourth.data.mixture
+
+
+def test_the_motion_experiment_trains_the_fourth_step_on_the_data_its_header_writes():
+    fourth = load_config("configs/train/bundled-qa.yaml")
+    config = load_config("configs/train/bundled-motion.yaml")
+    assert config.model.name_or_path == f"{fourth.output_dir}/pretrained/stage{len(fourth.stages) - 1}"
+    assert config.processor == fourth.processor
+    assert [stage.seq_len for stage in config.stages] == [fourth.stages[-1].seq_len]
+    header = Path("configs/train/bundled-motion.yaml").read_text().replace("\\\n#", " ")
+    world_command = header.split("lwm data world ")[1].splitlines()[0]
+    assert "--qa-types direction bounce next_wall " in world_command
+    written = world_command.split("--tasks")[1].split("--workers")[0].split()
+    assert set(written) | {"needle"} == set(config.data.mixture)
+    assert f"--out {config.data.path} " in header
+
+
+def test_the_world_dynamics_recipe_trains_on_the_makefiles_data_and_exports_a_whole_model_folder():
+    config = load_config("configs/train/world-dynamics.yaml")
+    assert config.processor.tokenizer == "runs/world-dynamics/text-tokenizer"
+    assert config.model.name_or_path == "world-dynamics" and config.model.init_codes_from_vqgan
+    assert DrawingConfig.from_json(config.processor.drawing).video_frames == 4  # as the world's text -> video examples
+    recipe = subprocess.run(["make", "-n", "-B", "world-dynamics", "LWM=lwm"], capture_output=True, text=True, check=True)
+    world_stage, needles_stage, *world_and_needles = config.stages
+    for data in (config.data, needles_stage.data, *(stage.data for stage in world_and_needles)):
         assert f"--out {data.path} " in recipe.stdout
     # every task the decoder's world writes, needles in the last stage only, every video trained
-    rendered = recipe.stdout.split("data world runs/bundled/world-decoder ")[1].split("--tasks")[1].split("--workers")[0]
+    rendered = recipe.stdout.split("data world runs/world-dynamics/world-decoder ")[1].split("--tasks")[1].split("--workers")[0]
     assert set(rendered.replace("\\", " ").split()) == set(config.data.mixture) == set(world.TASKS)
-    assert set(last_stage.data.mixture) == set(world.TASKS) | {"needle"}
-    assert config.data.train_prompt_vision and last_stage.data.train_prompt_vision
+    for stage in world_and_needles:
+        assert set(stage.data.mixture) == set(world.TASKS) | {"needle"} and stage.data.train_prompt_vision
+    assert config.data.train_prompt_vision
     assert needles_stage.data.mixture is None  # a dataset of needles alone
-    assert {stage.seq_len for stage in config.stages} == {LWMConfig.from_preset("world").max_position_embeddings}
+    assert {stage.seq_len for stage in config.stages} == {LWMConfig.from_preset("world-dynamics").max_position_embeddings}
     trained = [line for line in recipe.stdout.splitlines() if line.startswith("lwm train ")]
-    assert trained == ["lwm train configs/train/bundled.yaml ",
-                       "lwm train configs/train/bundled.yaml --export-only --export-dir lwm/bundled"]
+    assert trained == ["lwm train configs/train/world-dynamics.yaml ",
+                       "lwm train configs/train/world-dynamics.yaml --export-only --export-dir runs/world-dynamics/export"]
     # the data is tokenized with the VQGAN the export holds
     assert f"--vqgan {config.processor.vqgan} " in recipe.stdout
