@@ -102,7 +102,7 @@ bundled: bundled-data
 	cp $(RUN)/sample/clips/1000001.mp4 $(BUNDLED)/sample.mp4
 
 # The world-dynamics candidate (docs/world-dynamics.md): the redesign for drawing and continuing the world,
-# from scratch on 2 CPU cores (about 2 h 20 min, the step times are in the doc), exported to WD_EXPORT.
+# from scratch on 2 CPU cores (about 2 h 24 min, the step times are in the doc), exported to WD_EXPORT.
 # Not yet the bundled model: it does not draw yet and reads videos worse than the shipped model.
 WD         := runs/world-dynamics
 WD_EXPORT  ?= $(WD)/export

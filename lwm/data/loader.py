@@ -174,7 +174,7 @@ class PackedLoader:
         examples = []
         for key, length in row:
             ids, mask = self.dataset[key]
-            examples.append((np.array(ids[:length]), mask[:length]))
+            examples.append((ids[:length], mask[:length]))
         noise = None
         if self.vision_noise:  # seeded by the row's place in the stream, so a resumed run draws the same noise
             rng = np.random.default_rng([self.seed, self.batches, index])

@@ -97,7 +97,7 @@ def pack_row(
                 weights[start:end][in_modality] = 1.0 / count
         segment_ids[start:end] = document
         position_ids[start:end] = np.arange(len(ids))
-        if noise is not None and noise.rate > 0:
+        if noise is not None:
             _add_vision_noise(input_ids[start:end], text_vocab_size, noise)
         start = end
     return {

@@ -4,8 +4,9 @@
 
 Workers start from a fork server: a clean single-threaded process that imported torch and lwm once,
 so each worker starts at once without inheriting the test process's threads. Forking the test
-process itself hung CI: by then it holds threads (tqdm's monitor, thread pools of earlier tests),
-and a lock one of them held at the fork stays locked forever in the child. The worker and its
+process itself is unsafe once it holds threads (earlier tests leave tqdm's monitor running): a lock
+one of them holds at the fork stays locked forever in the child, the likely cause of a CI run that
+hung in the trainer tests. The worker and its
 arguments are pickled, so workers are module-level functions. The caller must not hold a process
 group itself. Assertions inside a worker fail the calling test with the worker's traceback, and the
 other workers are stopped.
