@@ -3,6 +3,7 @@
     lwm eval --model bundled                               # the full eval, into runs/eval/bundled-<time>
     lwm eval --quick --out /tmp/eval                       # CI: a small subset, fails under the bars
     lwm eval --model DIR --out eval/ --tasks video_qa needle --seeds 50 --trained-length 4096
+    lwm eval --model DIR --tasks needle --needle-base 2560 --needle-multiples 1 2 4 8 16   # a grown context
 
 Prints a table, writes OUT/report.json and PNGs (sample grids of generated videos, the needle
 accuracy heat-map), and exits 1 when a score misses its bar (bars from --bar, --bars FILE, or by
@@ -24,8 +25,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Evaluate a model on held-out seeds of the synthetic world (video QA by question type, questions in one "
         "multi-turn chat, captions, text->image, text->video, continuation, tokenizer PSNR) and on needle "
-        "retrieval at 1x, 2x, 4x the trained length (with RoPE scaling, and across 2 ring ranks). Prints a table "
-        "and writes OUT/report.json and PNGs. Exits 1 if a score misses its bar."
+        "retrieval at 1x, 2x, 4x the trained length (with RoPE scaling, with 2 and 4 needles, and across 2 ring "
+        "ranks). Prints a table and the needle heat-map, writes OUT/report.json and PNGs. Exits 1 if a score "
+        "misses its bar."
     )
     add_model_arguments(parser)
     parser.add_argument("--out", default=None, metavar="DIR",
@@ -47,8 +49,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "settings, its drawing_config.json; text is always greedy)")
     parser.add_argument("--trained-length", type=int, default=None, metavar="N",
                         help="the context the model was trained at, in tokens (default: its max_position_embeddings)")
+    parser.add_argument("--needle-base", type=int, default=None, metavar="N",
+                        help="needle lengths are multiples of N tokens (default: the trained length); for a model "
+                        "whose context was grown in stages, its first length, e.g. 2560")
     parser.add_argument("--needle-multiples", type=int, nargs="+", default=None, metavar="M",
-                        help="needle lengths as multiples of the trained length (default 1 2 4; --quick 1)")
+                        help="needle lengths as multiples of the base length (default 1 2 4; --quick 1)")
+    parser.add_argument("--needle-multi", type=int, nargs="*", default=None, metavar="N",
+                        help="also haystacks of N needles, asked for one and for all, at the lengths within the "
+                        "trained length (default 2 4; --quick none; give no N for none)")
     parser.add_argument("--needle-seeds", type=int, default=None,
                         help=f"needle examples per length and depth (default {FULL.needle_seeds}; --quick {QUICK.needle_seeds})")
     parser.add_argument("--rope-scaling", nargs="+", default=["none", "ntk"], choices=["none", "ntk", "linear"],
@@ -84,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
     options = EvalOptions(
         model=str(args.model), quick=args.quick, tasks=tuple(args.tasks), seeds=args.seeds, first_seed=args.first_seed,
         video_frames=args.video_frames, temperature=args.temperature, trained_length=args.trained_length,
+        needle_base=args.needle_base,
         needle_multiples=None if args.needle_multiples is None else tuple(args.needle_multiples),
+        needle_multi=None if args.needle_multi is None else tuple(args.needle_multi),
         needle_seeds=args.needle_seeds, rope_scalings=tuple(args.rope_scaling), ring=args.ring,
     )
     out = Path(args.out) if args.out else default_out_dir(args.model)

@@ -66,34 +66,61 @@ def video_grid(rows: list[tuple[str, np.ndarray]], path: str | os.PathLike, cell
     canvas.save(path)
 
 
-def heatmap(cells: list[dict], path: str | os.PathLike, cell: int = CELL) -> None:
-    """The needle accuracy heat-map: one row per setting, one column per depth, red (0) to green (1).
+def heatmap(panels: list[dict], cells: list[dict], path: str | os.PathLike, cell: int = CELL) -> None:
+    """The needle accuracy heat-map as LWM draws it: per panel, context length across, depth down, red (0)
+    to green (1).
 
-    `cells`: {"setting", "length", "depth", "accuracy", "correct", "total"} as `lwm.eval.needle` reports them.
+    `panels`: [{"title", "settings": [setting, ...]}], each setting one column; `cells`: {"setting",
+    "length", "depth", "accuracy", "correct", "total"}; both as `lwm.eval.needle` reports them.
     """
-    if not cells:
-        raise ValueError("a heat-map needs at least one cell")
-    settings = list(dict.fromkeys(c["setting"] for c in cells))
+    if not panels or not cells:
+        raise ValueError("a heat-map needs at least one panel and one cell")
+    by_place = {(c["setting"], c["depth"]): c for c in cells}
     lengths = {c["setting"]: c["length"] for c in cells}
-    names = {name: f"{name} ({lengths[name]})" for name in settings}
     depths = sorted({c["depth"] for c in cells})
     font = ImageFont.load_default()
-    left = MARGIN + max(int(font.getlength(name)) for name in names.values()) + MARGIN
-    top = MARGIN + 2 * LABEL_HEIGHT
-    canvas = Image.new("RGB", (left + len(depths) * cell + MARGIN, top + len(settings) * cell + MARGIN), BACKGROUND)
+    left = MARGIN + int(font.getlength("depth 0.75")) + MARGIN
+    columns = max(len(panel["settings"]) for panel in panels)
+    panel_height = 3 * LABEL_HEIGHT + len(depths) * cell + MARGIN
+    width = max(left + columns * cell + MARGIN, MARGIN + max(int(font.getlength(p["title"])) for p in panels) + MARGIN)
+    canvas = Image.new("RGB", (width, len(panels) * panel_height + MARGIN), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    draw.text((left, MARGIN), "needle accuracy by depth (rows: setting, tokens)", fill=INK, font=font)
-    for column, depth in enumerate(depths):
-        draw.text((left + column * cell + MARGIN, MARGIN + LABEL_HEIGHT), f"{depth:g}", fill=INK, font=font)
-    for row, name in enumerate(settings):
-        y = top + row * cell
-        draw.text((MARGIN, y + cell // 2 - LABEL_HEIGHT // 2), names[name], fill=INK, font=font)
-        for entry in (c for c in cells if c["setting"] == name):
-            x = left + depths.index(entry["depth"]) * cell
-            draw.rectangle([x, y, x + cell - 2, y + cell - 2], fill=accuracy_colour(entry["accuracy"]))
-            text = f"{entry['accuracy']:.2f}\n{entry['correct']}/{entry['total']}"
-            draw.multiline_text((x + MARGIN, y + MARGIN), text, fill=INK, font=font)
+    for index, panel in enumerate(panels):
+        top = MARGIN + index * panel_height
+        draw.text((MARGIN, top), panel["title"], fill=INK, font=font)
+        for column, setting in enumerate(panel["settings"]):
+            x = left + column * cell
+            draw.text((x + MARGIN, top + LABEL_HEIGHT), setting, fill=INK, font=font)
+            draw.text((x + MARGIN, top + 2 * LABEL_HEIGHT), f"{lengths[setting]}", fill=INK, font=font)
+            for row, depth in enumerate(depths):
+                y = top + 3 * LABEL_HEIGHT + row * cell
+                if column == 0:
+                    draw.text((MARGIN, y + cell // 2 - LABEL_HEIGHT // 2), f"depth {depth:g}", fill=INK, font=font)
+                entry = by_place.get((setting, depth))
+                if entry is None:
+                    continue
+                draw.rectangle([x, y, x + cell - 2, y + cell - 2], fill=accuracy_colour(entry["accuracy"]))
+                text = f"{entry['accuracy']:.2f}\n{entry['correct']}/{entry['total']}"
+                draw.multiline_text((x + MARGIN, y + MARGIN), text, fill=INK, font=font)
     canvas.save(path)
+
+
+def format_heatmap(panels: list[dict], cells: list[dict]) -> str:
+    """The heat-map for the terminal: per panel a table of accuracy (%) by depth (rows) and length (columns)."""
+    by_place = {(c["setting"], c["depth"]): c["accuracy"] for c in cells}
+    lengths = {c["setting"]: c["length"] for c in cells}
+    depths = sorted({c["depth"] for c in cells})
+    blocks = []
+    for panel in panels:
+        width = max(7, *(len(setting) for setting in panel["settings"]))
+        lines = [panel["title"], f"{'tokens':>6}  " + "  ".join(f"{lengths[s]:>{width}}" for s in panel["settings"]),
+                 f"{'depth':>6}  " + "  ".join(f"{s:>{width}}" for s in panel["settings"])]
+        for depth in depths:
+            values = [by_place.get((s, depth)) for s in panel["settings"]]
+            lines.append(f"{depth:>6g}  " + "  ".join(
+                f"{'-' if v is None else f'{100 * v:.0f}%':>{width}}" for v in values))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def _fitted(text: str, width: int, font) -> str:

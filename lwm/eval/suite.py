@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from lwm.eval.needle import NeedleEvalConfig, evaluate_needle
-from lwm.eval.report import flat_metrics, format_table, heatmap, video_grid, write_json
+from lwm.eval.report import flat_metrics, format_heatmap, format_table, heatmap, video_grid, write_json
 from lwm.eval.world import WORLD_TASKS, LWMSubject, WorldEvalConfig, evaluate_world
 
 TASKS = WORLD_TASKS + ("needle",)
@@ -30,15 +30,16 @@ class Preset:
     needle_multiples: tuple[int, ...]
     needle_depths: tuple[float, ...]
     needle_seeds: int
+    needle_multi: tuple[int, ...]  # multi-needle variants: needles per haystack
     ring: bool
 
 
 # 4 generated frames and 4 + 4 for continuation: the video lengths the bundled model is trained on.
 FULL = Preset(seeds=50, video_frames=4, context_frames=4, continuation_frames=4, needle_multiples=(1, 2, 4),
-              needle_depths=(0.0, 0.25, 0.5, 0.75, 1.0), needle_seeds=4, ring=True)
+              needle_depths=(0.0, 0.25, 0.5, 0.75, 1.0), needle_seeds=4, needle_multi=(2, 4), ring=True)
 # Small enough for 2 CPU cores in under 2 minutes with a small model; still real outputs, fewer of them.
 QUICK = Preset(seeds=4, video_frames=4, context_frames=4, continuation_frames=2, needle_multiples=(1,),
-               needle_depths=(0.0, 0.5, 1.0), needle_seeds=2, ring=False)
+               needle_depths=(0.0, 0.5, 1.0), needle_seeds=2, needle_multi=(), ring=False)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,9 @@ class EvalOptions:
     video_frames: int | None = None
     temperature: float | None = None  # of the drawing tasks (0: greedy; None: the model's); text is always greedy
     trained_length: int | None = None  # None: the model's max_position_embeddings
+    needle_base: int | None = None  # the needle lengths are its multiples; None: the trained length
     needle_multiples: tuple[int, ...] | None = None
+    needle_multi: tuple[int, ...] | None = None
     needle_seeds: int | None = None
     rope_scalings: tuple[str, ...] = ("none", "ntk")
     ring: bool | None = None
@@ -97,11 +100,13 @@ def evaluate(lwm, folder: Path, options: EvalOptions) -> dict:
         ring = preset.ring if options.ring is None else options.ring
         needle_config = NeedleEvalConfig(
             trained_length=lwm.context_length if options.trained_length is None else options.trained_length,
+            base_length=options.needle_base,
             multiples=multiples,
             depths=preset.needle_depths,
             seeds=preset.needle_seeds if options.needle_seeds is None else options.needle_seeds,
             rope_scalings=tuple(options.rope_scalings),
             ring_multiples=(1,) if ring and 1 in multiples else (),
+            multi_needles=preset.needle_multi if options.needle_multi is None else options.needle_multi,
         )
         start = time.perf_counter()
         tasks["needle"] = evaluate_needle(lwm.model, lwm.processor, needle_config, model_dir=folder, progress=True)
@@ -127,10 +132,13 @@ def write_outputs(report: dict, out: Path) -> None:
         if rows:
             video_grid(rows, out / f"{task}.png")
             pictures.append(f"{task}.png")
-    if "needle" in report["tasks"]:
-        heatmap(report["tasks"]["needle"]["cells"], out / "needle_heatmap.png")
+    needle = report["tasks"].get("needle")
+    if needle:
+        heatmap(needle["panels"], needle["cells"], out / "needle_heatmap.png")
         pictures.append("needle_heatmap.png")
     report["pictures"] = pictures
     write_json(report, out / "report.json")
     print(format_table(report["metrics"], report["bars"]))
+    if needle:
+        print("\nneedles found (%), depth by context length\n" + format_heatmap(needle["panels"], needle["cells"]))
     print(f"\nwrote {out / 'report.json'}" + (f" and {', '.join(pictures)}" if pictures else ""))

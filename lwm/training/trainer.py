@@ -121,6 +121,8 @@ def build_model(config: TrainConfig, stage: StageConfig, mesh: Mesh, start_from:
             f"model.name_or_path={source!r} is neither a preset ({', '.join(LWMConfig.preset_names())}), "
             "a model config .json file nor a folder with a config.json"
         )
+    # The export says how long a context the model was trained for: `lwm chat` and `lwm eval` read it.
+    model.config.max_position_embeddings = max(model.config.max_position_embeddings, stage.seq_len)
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     freeze(model, config.model.trainable)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -38,7 +38,14 @@ KEYS: tuple[str, ...] = (
 )
 
 QUESTION = "What is the special magic number for {key}?"
+QUESTION_ALL = "What are the special magic numbers for {keys}?"
 NEEDLE = "The special magic number for {key} is {value}."
+
+
+def question_all(keys: Sequence[str]) -> str:
+    """The question asking for every needle, as RULER's multi-value variant asks: "... for Oslo and Rome?"."""
+    named = keys[0] if len(keys) == 1 else f"{', '.join(keys[:-1])} and {keys[-1]}"
+    return QUESTION_ALL.format(keys=named)
 
 
 def filler_sentences(seed: int) -> Iterator[str]:
@@ -71,8 +78,9 @@ class Needle:
 class NeedleExample:
     context: str  # the haystack with the needles
     question: str
-    answer: str
+    answer: str  # the asked number, or with `asks_all` every needle's number, in order, comma-separated
     needles: tuple[Needle, ...]
+    asks_all: bool = False
 
     @property
     def prompt(self) -> str:
@@ -87,18 +95,23 @@ class NeedleExample:
         ], "task": task}
 
     def is_correct(self, prediction: str) -> bool:
-        """Whether the first number in `prediction` is the answer."""
+        """Whether the first number in `prediction` is the answer; asked for all, whether every needle's
+        number is among the numbers of `prediction`."""
         numbers = re.findall(r"\d+", prediction)
+        if self.asks_all:
+            return {needle.value for needle in self.needles} <= set(numbers)
         return bool(numbers) and numbers[0] == self.answer
 
 
 def make_example(length: int, depths: float | Sequence[float] = 0.5, seed: int = 0,
-                 count: Callable[[str], int] = len, digits: int = 7, ask: int | None = None) -> NeedleExample:
+                 count: Callable[[str], int] = len, digits: int = 7, ask: int | Literal["all"] | None = None
+                 ) -> NeedleExample:
     """A haystack of at most `length` (by `count`) with one needle per depth, and a question about one of them.
 
     Keys and numbers are drawn from `seed` (distinct keys); `ask` picks the needle the question is
-    about (default: drawn from the seed). The filler depends on the seed only, so one seed at two
-    lengths gives the same keys, numbers and filler sentences, only more of them.
+    about (default: drawn from the seed), or "all" asks for every needle's number. The filler depends
+    on the seed only, so one seed at two lengths gives the same keys, numbers and filler sentences,
+    only more of them.
     """
     depths = [depths] if isinstance(depths, (int, float)) else list(depths)
     if not depths or len(depths) > len(KEYS):
@@ -113,10 +126,13 @@ def make_example(length: int, depths: float | Sequence[float] = 0.5, seed: int =
         Needle(KEYS[key], str(rng.integers(10 ** (digits - 1), 10**digits)), float(depth))
         for key, depth in zip(keys, depths)
     )
+    context = _fit(length, seed, count, needles)
+    if ask == "all":
+        answer = ", ".join(needle.value for needle in needles)
+        return NeedleExample(context, question_all([needle.key for needle in needles]), answer, needles, asks_all=True)
     ask = int(rng.integers(len(needles))) if ask is None else ask
     if not 0 <= ask < len(needles):
-        raise ValueError(f"ask must index one of the {len(needles)} needles, got {ask}")
-    context = _fit(length, seed, count, needles)
+        raise ValueError(f"ask must index one of the {len(needles)} needles or be 'all', got {ask!r}")
     return NeedleExample(context, QUESTION.format(key=needles[ask].key), needles[ask].value, needles)
 
 
@@ -155,17 +171,17 @@ def _fit(length: int, seed: int, count: Callable[[str], int], needles: Sequence[
 
 
 def sweep(lengths: Sequence[int], depths: Sequence[float], seeds: Sequence[int], count: Callable[[str], int] = len,
-          n_needles: int = 1, digits: int = 7) -> list[tuple[int, float, NeedleExample]]:
+          n_needles: int = 1, digits: int = 7, ask_all: bool = False) -> list[tuple[int, float, NeedleExample]]:
     """Examples for an accuracy heat-map: (length, depth, example) for every length × depth × seed.
 
     With `n_needles` > 1, the other needles sit at depths spread evenly and the question asks about
-    the one at `depth`.
+    the one at `depth`, or with `ask_all` about every needle.
     """
     examples = []
     for length in lengths:
         for depth in depths:
             for seed in seeds:
                 others = [(i + 0.5) / (n_needles - 1) for i in range(n_needles - 1)]
-                example = make_example(length, [depth] + others, seed, count, digits, ask=0)
+                example = make_example(length, [depth] + others, seed, count, digits, ask="all" if ask_all else 0)
                 examples.append((length, depth, example))
     return examples

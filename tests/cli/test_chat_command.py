@@ -1,5 +1,6 @@
 """`lwm chat --max-frames N`: the frames a video is read as are decided once, by the loaded model's
-processor, and the command line overrides the model folder's value."""
+processor, and the command line overrides the model folder's value; a 32-frame clip is read whole when
+the model's context holds it (as the bundled model's grown context does)."""
 
 import io
 import json
@@ -24,11 +25,11 @@ def four_frame_model(tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     path = tmp_path_factory.mktemp("clip") / "clip.mp4"
-    media.save_video(world.generate_clip(0, n_frames=12).frames, path, lossless=True)
+    media.save_video(world.generate_clip(0, n_frames=32).frames, path, lossless=True)
     return path
 
 
-@pytest.mark.parametrize("flags, frames", [([], 4), (["--max-frames", "8"], 8)])
+@pytest.mark.parametrize("flags, frames", [([], 4), (["--max-frames", "8"], 8), (["--max-frames", "32"], 32)])
 def test_chat_feeds_the_frames_the_command_line_asks_for(four_frame_model, clip, flags, frames, monkeypatch, capsys):
     import lwm.api
 

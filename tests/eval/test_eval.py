@@ -237,6 +237,39 @@ def test_needle_across_ring_ranks_matches_one_process(tiny_model, tiny_model_dir
     assert result["metrics"]["agreement@ring2.1x"] == 1.0  # sharded decoding is exact
     assert result["rope"]["2x.ntk"]["rope_theta"] > result["rope"]["1x"]["rope_theta"]
     assert {cell["setting"] for cell in result["cells"]} == {"1x", "2x.ntk", "ring2.1x"}
+    assert [panel["settings"] for panel in result["panels"]] == [["1x", "2x.ntk"], ["ring2.1x"]]
+
+
+def test_a_grown_context_is_measured_at_multiples_of_its_base_and_stretched_only_beyond_it():
+    config = needle.NeedleEvalConfig(trained_length=400, base_length=100, multiples=(1, 4, 8),
+                                     rope_scalings=("none", "ntk"), ring_multiples=(), multi_needles=(3,))
+    assert [config.length(m) for m in config.multiples] == [100, 400, 800]
+    assert [config.stretch(m) for m in config.multiples] == [1.0, 1.0, 2.0]
+    names = [row.name for row in needle.settings(config)]
+    assert names == ["1x", "4x", "8x.none", "8x.ntk", "1x.3needles", "4x.3needles", "1x.3needles.all", "4x.3needles.all"]
+    with pytest.raises(ValueError, match="multi_needles"):
+        needle.NeedleEvalConfig(trained_length=400, multi_needles=(1,))
+
+
+def test_multi_needle_examples_fit_and_ask_for_one_or_all(tiny_model):
+    config = needle.NeedleEvalConfig(trained_length=300, depths=(0.0, 1.0), seeds=1)
+    for asks_all in (False, True):
+        found = needle.examples(tiny_model.processor, config, multiples=(1,), n_needles=3, asks_all=asks_all)
+        budget = config.max_new_tokens * (3 if asks_all else 1)
+        for _, depth, example in found:
+            assert len(example.needles) == 3 and example.asks_all == asks_all
+            assert len(needle.prompt_ids(tiny_model.processor, example)) + budget <= 300
+            assert example.needles[0].depth == depth
+
+
+def test_the_eval_reports_the_multi_needle_variants(tiny_model):
+    config = needle.NeedleEvalConfig(trained_length=200, multiples=(1,), depths=(0.5,), seeds=1, ring_multiples=(),
+                                     multi_needles=(2,), max_new_tokens=3)
+    result = needle.evaluate_needle(tiny_model.model, tiny_model.processor, config)
+    assert set(result["metrics"]) == {"accuracy@1x", "accuracy@1x.2needles", "accuracy@1x.2needles.all"}
+    assert [panel["title"] for panel in result["panels"]] == [
+        "one needle", "2 needles, asked for one", "2 needles, asked for all"]
+    assert {sample["setting"] for sample in result["samples"]} == {"1x", "1x.2needles", "1x.2needles.all"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -268,10 +301,15 @@ def test_pictures_and_json(tmp_path):
     grid = Image.open(tmp_path / "grid.png")
     assert grid.width >= 3 * 32 and grid.height >= 2 * 32
     cells = [{"setting": s, "length": n, "depth": d, "accuracy": a, "correct": int(2 * a), "total": 2}
-             for s, n, a in (("1x", 100, 1.0), ("2x.ntk", 200, 0.5)) for d in (0.0, 1.0)]
-    report.heatmap(cells, tmp_path / "heat.png", cell=40)
+             for s, n, a in (("1x", 100, 1.0), ("2x.ntk", 200, 0.5), ("1x.2needles", 100, 0.0)) for d in (0.0, 1.0)]
+    panels = [{"title": "one needle, RoPE ntk beyond 100", "settings": ["1x", "2x.ntk"]},
+              {"title": "2 needles, asked for one", "settings": ["1x.2needles"]}]
+    report.heatmap(panels, cells, tmp_path / "heat.png", cell=40)
     heat = np.asarray(Image.open(tmp_path / "heat.png").convert("RGB"))
-    assert heat.shape[0] >= 2 * 40 and heat.shape[1] >= 2 * 40
+    assert heat.shape[0] >= 2 * 2 * 40 and heat.shape[1] >= 2 * 40
+    table = report.format_heatmap(panels, cells).splitlines()
+    assert table[0] == panels[0]["title"] and table[1].split() == ["tokens", "100", "200"]
+    assert table[3].split() == ["0", "100%", "50%"] and table[-1].split() == ["1", "0%"]
     green, red = report.accuracy_colour(1.0), report.accuracy_colour(0.0)
     assert green[1] > green[0] and red[0] > red[1]
     report.write_json({"x": float("nan"), "y": [np.float32(1.5)]}, tmp_path / "r.json")

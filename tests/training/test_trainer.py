@@ -71,6 +71,21 @@ def test_two_stages_change_length_and_theta_and_stage_two_starts_from_stage_one(
     assert loss_new_theta != pytest.approx(loss_old_theta, rel=1e-5)  # θ really changed the model
 
 
+def test_a_stage_longer_than_the_model_raises_its_context_to_the_stage_length(tmp_path):
+    from types import SimpleNamespace
+
+    from lwm.training.config import StageConfig
+    from lwm.training.trainer import build_model
+
+    LWMForCausalLM(LWMConfig.from_preset("tiny", max_position_embeddings=32)).save_pretrained(tmp_path / "short")
+    config = to_config(tiny_config(tmp_path, tmp_path, model={"name_or_path": str(tmp_path / "short")}))
+    single_process = SimpleNamespace(sp_size=1)
+    longer = build_model(config, StageConfig(seq_len=64, rope_theta=1e6, steps=1), single_process, None)
+    shorter = build_model(config, StageConfig(seq_len=16, rope_theta=1e4, steps=1), single_process, None)
+    assert (longer.config.max_position_embeddings, shorter.config.max_position_embeddings) == (64, 32)
+    assert longer.config.rope_parameters["rope_theta"] == 1e6
+
+
 def test_freezing_trains_only_the_vision_table_and_head_and_tensorboard_logs(data_dir, tmp_path):
     raw = tiny_config(tmp_path / "run", data_dir, model={"trainable": ["vision_embed_tokens.*", "vision_head.*"]},
                       stages=[{"seq_len": 32, "rope_theta": 10000.0, "steps": 2}], logging={"backend": "tensorboard"})

@@ -58,6 +58,18 @@ def test_multiple_needles():
     assert example.context.count("special magic number") == 3
 
 
+def test_asked_for_all_needles_every_number_must_be_in_the_reply():
+    example = needles.make_example(3000, [0.2, 0.8], seed=5, ask="all")
+    first, second = example.needles
+    assert example.asks_all and example.question == f"What are the special magic numbers for {first.key} and {second.key}?"
+    assert example.is_correct(f"{first.key}: {first.value}, {second.key}: {second.value}.")
+    assert example.is_correct(example.answer)
+    assert not example.is_correct(f"It is {first.value}.")
+    assert needles.question_all(["Oslo", "Rome", "Kyoto"]) == "What are the special magic numbers for Oslo, Rome and Kyoto?"
+    with pytest.raises(ValueError, match="'all'"):
+        needles.make_example(3000, [0.2, 0.8], seed=5, ask=2)
+
+
 def test_filler_has_no_numbers_and_haystack_fits():
     text = needles.haystack(5000, seed=0)
     assert len(text) <= 5000 and not re.search(r"\d", text)
