@@ -88,9 +88,13 @@ class FrameLayout:
 
 def keep_interval(scores: torch.Tensor, low: torch.Tensor | int, high: torch.Tensor | int) -> torch.Tensor:
     """Scores with every id outside [low, high) set to -inf; `low`/`high` are per row ([batch]) or scalars."""
-    ids = torch.arange(scores.shape[-1], device=scores.device)
     low = torch.as_tensor(low, device=scores.device).reshape(-1, 1)
     high = torch.as_tensor(high, device=scores.device).reshape(-1, 1)
+    if bool((low == low[0]).all() and (high == high[0]).all()):  # one interval for all rows: a copy, no mask
+        kept = torch.full_like(scores, float("-inf"))
+        kept[:, int(low[0]) : int(high[0])] = scores[:, int(low[0]) : int(high[0])]
+        return kept
+    ids = torch.arange(scores.shape[-1], device=scores.device)
     return scores.masked_fill((ids < low) | (ids >= high), float("-inf"))
 
 

@@ -7,14 +7,18 @@ with an attention mask, and at each step:
 
     head   = the one head the processors allow     text or vision when known (`next_head`), else both
     guided = uncond + s · (cond - uncond)          on that head's raw logits (LWM's; docs/architecture.md)
-    scores = warpers(processors(guided))           over the whole vocabulary, -inf outside the head;
-                                                   constraints, then temperature, top-k, top-p
-    token  = argmax or a draw with the caller's torch.Generator
+    scores = processors(guided)                    over the whole vocabulary, -inf outside the head
+    span   = first to last id with a finite score  (the constraints allow one interval per row)
+    token  = span start + argmax or a draw with the caller's torch.Generator, of warpers(scores[span])
+                                                   (temperature, top-k, top-p)
     append token to the conditional row and to its unconditional row
 
 Computing one head where the frame structure already rules out the other gives exactly the tokens of
 computing both: the other head's ids would be masked to -inf anyway. Inside a frame this skips the
-text head, LWM's widest matmul (32000 rows against the vision head's 8448).
+text head, LWM's widest matmul (32000 rows against the vision head's 8448). For the same reason the
+warpers and the draw see only the span of allowed ids (8194 codes and delimiters inside a frame, not
+40448 ids): the same distribution, drawn with the generator's numbers for the span only, so a seeded
+draw differs from the whole-vocabulary draw of versions before (greedy decoding is unchanged).
 
 A generation may change settings part-way (LWM's video: the first frame with image settings, the
 rest with video settings) through a `schedule` of (number of tokens, `SamplingConfig`) phases on one
@@ -165,6 +169,14 @@ def over_whole_vocabulary(logits: torch.Tensor, head: Literal["text", "vision"] 
     return whole
 
 
+def allowed_span(scores: torch.Tensor) -> slice:
+    """The ids from the first to the last that some row may take (a finite score); all of them if none."""
+    allowed = torch.isfinite(scores).any(dim=0).nonzero().squeeze(1)
+    if not len(allowed):
+        return slice(0, scores.shape[-1])
+    return slice(int(allowed[0]), int(allowed[-1]) + 1)
+
+
 def choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None = None) -> torch.LongTensor:
     """One id per row: argmax, or a draw from softmax(scores) using `generator`."""
     if not do_sample:
@@ -269,8 +281,9 @@ def iter_tokens(
             logits = steps.next_logits(head)
             if steps.guided:
                 logits = guide(logits[:batch], logits[batch:], sampling.guidance_scale)
-            logits = over_whole_vocabulary(logits, head, model.config)
-            token = steps.agree(choose(warpers(history, processors(history, logits)), sampling.do_sample, generator))
+            scores = processors(history, over_whole_vocabulary(logits, head, model.config))
+            span = allowed_span(scores)
+            token = steps.agree(choose(warpers(history, scores[:, span]), sampling.do_sample, generator) + span.start)
             yield token
             history = torch.cat([history, token[:, None]], dim=1)
             steps.feed(token)

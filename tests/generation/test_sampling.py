@@ -5,7 +5,7 @@ import torch
 from transformers import LogitsProcessor
 
 from lwm.generation.logits_process import FrameLayout, FrameStructureLogitsProcessor, TextOnlyLogitsProcessor
-from lwm.generation.sampling import GREEDY, SamplingConfig, next_head, sample
+from lwm.generation.sampling import GREEDY, SamplingConfig, allowed_span, next_head, sample
 from tests.helpers.tiny import tiny_lm
 
 PROMPT = torch.tensor([[1, 40, 41, 42, 43, 44, 45], [0, 0, 0, 1, 50, 51, 52]])
@@ -75,3 +75,10 @@ def test_rows_at_different_stages_use_both_heads():
     # row 0's block is ids 3..5, row 1's 5..7: vision only while both are inside, text once both are past
     assert heads == [None, None, None, "vision", None, None, "text", "text"]
     assert next_head([structure, TextOnlyLogitsProcessor(10)], torch.zeros(1, 2, dtype=torch.long)) == "text"
+
+
+def test_the_draw_spans_the_allowed_ids_only():
+    scores = torch.full((2, 10), float("-inf"))
+    scores[0, 3:5], scores[1, 6] = 0.0, 1.0
+    assert allowed_span(scores) == slice(3, 7)
+    assert allowed_span(torch.full((1, 4), float("-inf"))) == slice(0, 4)
