@@ -44,8 +44,8 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
-from transformers.cache_utils import DynamicCache
 
+from lwm.generation.cache import GrowingCache
 from lwm.generation.sharded import ShardedSteps
 from lwm.parallel import SequenceParallel
 
@@ -199,7 +199,7 @@ class CachedSteps:
         if unconditional is not None:
             rows, mask = _stack_left_padded((input_ids, attention_mask), unconditional, model.config.pad_token_id or 0)
         self.branches = rows.shape[0] // self.batch  # 2 with guidance
-        self.cache = DynamicCache(config=model.config)
+        self.cache = GrowingCache(model.config.num_hidden_layers)
         self.pending, self.mask = rows, mask
         self.places = model.grid_ids_of(input_ids)  # each token's place in its frame, for a model with a grid
 
