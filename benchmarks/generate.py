@@ -11,7 +11,9 @@ random weights. Rows:
   vision heads together (the reference);
 - `lwm generate()`: `LWMForCausalLM` through transformers' `generate()`;
 - `lwm sample()`: LWM's own decode loop (`lwm.generation.sampling`), unguided;
-- `lwm sample() + frames`: the same loop with the frame structure processor (its masking cost);
+- `lwm sample() + text only`: the same loop with `TextOnlyLogitsProcessor`, as chat and captions
+  decode (only the text head runs);
+- `lwm sample() + frames`: the same loop with the frame structure processor (only the vision head runs);
 - `lwm sample() CFG s=5`: the same loop with classifier-free guidance (conditional and
   unconditional rows in one forward, LWM's 4-token unconditional prompt `<s><vision>`).
 
@@ -37,7 +39,11 @@ from transformers.generation.streamers import BaseStreamer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table  # noqa: E402
 
-from lwm.generation.logits_process import FrameLayout, FrameStructureLogitsProcessor  # noqa: E402
+from lwm.generation.logits_process import (  # noqa: E402
+    FrameLayout,
+    FrameStructureLogitsProcessor,
+    TextOnlyLogitsProcessor,
+)
 from lwm.generation.sampling import SamplingConfig, iter_tokens  # noqa: E402
 from lwm.model import LWMConfig, LWMForCausalLM  # noqa: E402
 
@@ -70,14 +76,16 @@ def hf_generate(model, prompt, new_tokens) -> list[float]:
     return clock.times
 
 
-def lwm_sample(model, prompt, new_tokens, guided: bool, frames: bool) -> list[float]:
+def lwm_sample(model, prompt, new_tokens, guided: bool, constraint: str | None = None) -> list[float]:
     sampling = SamplingConfig(do_sample=False, guidance_scale=5.0 if guided else 1.0)
     kwargs = {"schedule": [(new_tokens, sampling)]}
     if guided:
         kwargs["unconditional_ids"] = UNCONDITIONAL_PROMPT.to(prompt.device)
-    if frames:
+    if constraint == "frames":
         layout = FrameLayout.from_config(model.config, codes_per_frame=256)
         kwargs["processors"] = [FrameStructureLogitsProcessor(layout, num_frames=1_000_000, vision_start=prompt.shape[1])]
+    elif constraint == "text":
+        kwargs["processors"] = [TextOnlyLogitsProcessor(model.config.vocab_size)]
     times = []
     for token in iter_tokens(model, prompt, **kwargs):
         token.cpu()  # waits for the device, as generate()'s streamer does
@@ -140,9 +148,10 @@ def main(argv=None) -> None:
     variants = {
         "llama generate()": lambda: hf_generate(llama, prompt, args.new_tokens),
         "lwm generate()": lambda: hf_generate(lwm, prompt, args.new_tokens),
-        "lwm sample()": lambda: lwm_sample(lwm, prompt, args.new_tokens, guided=False, frames=False),
-        "lwm sample() + frames": lambda: lwm_sample(lwm, prompt, args.new_tokens, guided=False, frames=True),
-        "lwm sample() CFG s=5": lambda: lwm_sample(lwm, prompt, args.new_tokens, guided=True, frames=False),
+        "lwm sample()": lambda: lwm_sample(lwm, prompt, args.new_tokens, guided=False),
+        "lwm sample() + text only": lambda: lwm_sample(lwm, prompt, args.new_tokens, guided=False, constraint="text"),
+        "lwm sample() + frames": lambda: lwm_sample(lwm, prompt, args.new_tokens, guided=False, constraint="frames"),
+        "lwm sample() CFG s=5": lambda: lwm_sample(lwm, prompt, args.new_tokens, guided=True),
     }
     ttft = {name: [] for name in variants}
     decode = {name: [] for name in variants}

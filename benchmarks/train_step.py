@@ -12,11 +12,16 @@ machine's measured fp32 GEMM peak (median of square matmuls) at the same thread 
 
 With --documents N every row packs N documents of equal length: LWM gets them as `segment_ids`, the
 transformers Llama as the equivalent boolean 4-D mask (what SDPA needs for packing).
+
+Peak memory: each model also runs two steps alone in a fresh process; the number is that process's
+peak resident size minus its size before the first step (the model and the batch built), so it counts
+activations, logits, gradients and AdamW's state.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -25,9 +30,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, median_seconds, print_table  # noqa: E402
+from common import machine, median_seconds, peak_bytes, print_table, resident_bytes, run_worker  # noqa: E402
 
 from lwm.model import LWMConfig, LWMForCausalLM  # noqa: E402
+
+LLAMA = "transformers LlamaForCausalLM (sdpa)"
 
 
 def gemm_peak_flops(size: int = 2048, repeats: int = 5) -> float:
@@ -65,6 +72,56 @@ def interleaved_medians(steps: dict, repeats: int) -> dict:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def build_models(args) -> dict:
+    """Model constructors by row name (a worker builds only its own)."""
+    shape = dict(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=int(args.hidden * 2.6875) // 64 * 64,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
+        max_position_embeddings=args.seq, tie_word_embeddings=False,
+    )
+    return {
+        LLAMA: lambda: LlamaForCausalLM(
+            LlamaConfig(**{**shape, "vocab_size": args.vocab + 8448}, attn_implementation="sdpa")
+        ),
+        "LWMForCausalLM (sdpa)": lambda: LWMForCausalLM(
+            LWMConfig(**shape, vision_vocab_size=8448, num_vision_codes=8192, attn_implementation="sdpa")
+        ),
+        "LWMForCausalLM (blockwise)": lambda: LWMForCausalLM(
+            LWMConfig(**shape, vision_vocab_size=8448, num_vision_codes=8192, attn_implementation="blockwise",
+                      attn_q_chunk=512, attn_kv_chunk=512)
+        ),
+    }
+
+
+def batch_inputs(args, names) -> tuple[torch.Tensor, dict]:
+    """The token batch and each model's extra inputs (packed rows: LWM's segment_ids, Llama's 4-D mask)."""
+    ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
+    inputs = {name: {} for name in names}
+    if args.documents > 1:
+        segments = torch.arange(args.seq).div(args.seq // args.documents, rounding_mode="floor").expand(args.batch, -1)
+        same_document = segments[:, None, :, None] == segments[:, None, None, :]
+        positions = torch.arange(args.seq) % (args.seq // args.documents)
+        inputs = {name: {"segment_ids": segments} for name in names}
+        if LLAMA in names:
+            inputs[LLAMA] = {
+                "attention_mask": same_document & torch.ones(args.seq, args.seq, dtype=torch.bool).tril(),
+                "position_ids": positions.expand(args.batch, -1),
+            }
+    return ids, inputs
+
+
+def memory_worker(args, name: str) -> dict:
+    """Two train steps of one model in this (fresh) process: its peak resident growth over the step."""
+    torch.manual_seed(0)
+    model = build_models(args)[name]().train()
+    ids, inputs = batch_inputs(args, [name])
+    step = train_step(model, ids, inputs[name])
+    before = resident_bytes()
+    step()
+    step()
+    return {"step_peak_bytes": peak_bytes() - before}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=512)
@@ -76,54 +133,35 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable on shared machines)")
     parser.add_argument("--documents", type=int, default=1, help="documents packed in each row (default 1)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.seq % args.documents:
         parser.error(f"--seq {args.seq} is not a multiple of --documents {args.documents}")
     torch.set_num_threads(args.threads)
+    if args.worker:
+        print(json.dumps(memory_worker(args, args.worker)))
+        return
 
-    shape = dict(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=int(args.hidden * 2.6875) // 64 * 64,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
-        max_position_embeddings=args.seq, tie_word_embeddings=False,
-    )
     torch.manual_seed(0)
-    models = {
-        "transformers LlamaForCausalLM (sdpa)": LlamaForCausalLM(
-            LlamaConfig(**{**shape, "vocab_size": args.vocab + 8448}, attn_implementation="sdpa")
-        ),
-        "LWMForCausalLM (sdpa)": LWMForCausalLM(
-            LWMConfig(**shape, vision_vocab_size=8448, num_vision_codes=8192, attn_implementation="sdpa")
-        ),
-        "LWMForCausalLM (blockwise)": LWMForCausalLM(
-            LWMConfig(**shape, vision_vocab_size=8448, num_vision_codes=8192, attn_implementation="blockwise",
-                      attn_q_chunk=512, attn_kv_chunk=512)
-        ),
-    }
-    ids = torch.randint(0, args.vocab, (args.batch, args.seq))
-    inputs = {name: {} for name in models}
-    if args.documents > 1:
-        segments = torch.arange(args.seq).div(args.seq // args.documents, rounding_mode="floor").expand(args.batch, -1)
-        same_document = segments[:, None, :, None] == segments[:, None, None, :]
-        positions = torch.arange(args.seq) % (args.seq // args.documents)
-        inputs = {name: {"segment_ids": segments} for name in models}
-        inputs["transformers LlamaForCausalLM (sdpa)"] = {
-            "attention_mask": same_document & torch.ones(args.seq, args.seq, dtype=torch.bool).tril(),
-            "position_ids": positions.expand(args.batch, -1),
-        }
+    models = {name: build() for name, build in build_models(args).items()}
+    ids, inputs = batch_inputs(args, list(models))
     peak = gemm_peak_flops()
     print(f"# train step fwd+bwd+AdamW, fp32, hidden {args.hidden}, {args.layers} layers, seq {args.seq}, batch "
           f"{args.batch}, {args.documents} document(s) per row; {machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; fp32 GEMM peak {peak / 1e9:.1f} GFLOP/s")
     steps = {name: train_step(model.train(), ids, inputs[name]) for name, model in models.items()}
     seconds_by_model = interleaved_medians(steps, args.repeats)
-    rows, baseline = [], None
+    memory = {name: run_worker(__file__, name, *sys.argv[1:]).get("step_peak_bytes") for name in models}
+    rows = []
     for name, model in models.items():
         seconds = seconds_by_model[name]
         tokens = args.batch * args.seq / seconds
-        baseline = baseline or tokens
+        baseline = args.batch * args.seq / seconds_by_model[LLAMA]
         mfu = step_flops(model, model.config, args.batch, args.seq, args.documents) / seconds / peak
-        rows.append([name, f"{tokens:.0f}", f"{tokens / baseline:.2f}x", f"{100 * mfu:.1f}%"])
-    print_table(["model", "tokens/s", "vs transformers", "MFU"], rows)
+        peak_mb = "failed" if memory[name] is None else f"{memory[name] / 2**20:.0f}"
+        memory_ratio = "-" if None in (memory[name], memory[LLAMA]) else f"{memory[name] / memory[LLAMA]:.2f}x"
+        rows.append([name, f"{tokens:.0f}", f"{tokens / baseline:.2f}x", f"{100 * mfu:.1f}%", peak_mb, memory_ratio])
+    print_table(["model", "tokens/s", "vs transformers", "MFU", "step peak MB", "memory vs transformers"], rows)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Generation: logits processors, the one decode loop with classifier-free guidance (on one process or
 with the KV cache sharded over a sequence-parallel group), and drawing images and videos."""
 
+from lwm.generation.cache import GrowingCache
 from lwm.generation.logits_process import (
     FrameLayout,
     FrameStructureLogitsProcessor,
@@ -41,6 +42,7 @@ __all__ = [
     "DrawingConfig",
     "FrameLayout",
     "FrameStructureLogitsProcessor",
+    "GrowingCache",
     "SamplingConfig",
     "ShardedCache",
     "ShardedSteps",

@@ -6,12 +6,15 @@ Every constraint here allows one contiguous id interval per row, so each is a si
 against `arange(width)`, and rows of one batch may sit at different stages.
 
 These are `transformers.LogitsProcessor`s: they work in `model.generate(logits_processor=...)` as
-well as in the guided decode loop of `lwm.generation.sampling`.
+well as in the guided decode loop of `lwm.generation.sampling`. There each also says, through
+`next_head`, which of the model's two heads can hold every row's next id, so the loop computes only
+that head's logits.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from transformers import LogitsProcessor
@@ -85,9 +88,13 @@ class FrameLayout:
 
 def keep_interval(scores: torch.Tensor, low: torch.Tensor | int, high: torch.Tensor | int) -> torch.Tensor:
     """Scores with every id outside [low, high) set to -inf; `low`/`high` are per row ([batch]) or scalars."""
-    ids = torch.arange(scores.shape[-1], device=scores.device)
     low = torch.as_tensor(low, device=scores.device).reshape(-1, 1)
     high = torch.as_tensor(high, device=scores.device).reshape(-1, 1)
+    if bool((low == low[0]).all() and (high == high[0]).all()):  # one interval for all rows: a copy, no mask
+        kept = torch.full_like(scores, float("-inf"))
+        kept[:, int(low[0]) : int(high[0])] = scores[:, int(low[0]) : int(high[0])]
+        return kept
+    ids = torch.arange(scores.shape[-1], device=scores.device)
     return scores.masked_fill((ids < low) | (ids >= high), float("-inf"))
 
 
@@ -100,6 +107,9 @@ class TextOnlyLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         return keep_interval(scores, 0, self.text_vocab_size)
 
+    def next_head(self, input_ids: torch.LongTensor) -> Literal["text"]:
+        return "text"
+
 
 class VisionOnlyLogitsProcessor(LogitsProcessor):
     """Only vision codes, `<eof>` and `<eov>` may be generated; text and reserved vision ids are masked."""
@@ -109,6 +119,9 @@ class VisionOnlyLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         return keep_interval(scores, self.layout.first_code_id, self.layout.eov_token_id + 1)
+
+    def next_head(self, input_ids: torch.LongTensor) -> Literal["vision"]:
+        return "vision"
 
 
 class FrameStructureLogitsProcessor(LogitsProcessor):
@@ -137,6 +150,18 @@ class FrameStructureLogitsProcessor(LogitsProcessor):
         self.layout = layout
         self.num_frames = num_frames
         self.vision_start = torch.as_tensor(vision_start)
+        # (vision_start, num_frames) of each row, or one pair for all, read once: `next_head` runs every step.
+        starts, frames = torch.broadcast_tensors(self.vision_start.reshape(-1), num_frames.reshape(-1))
+        self.blocks = sorted(set(zip(starts.tolist(), frames.tolist())))
+
+    def next_head(self, input_ids: torch.LongTensor) -> Literal["text", "vision"] | None:
+        """"vision" while every row is inside its block (codes and delimiters are vision ids), "text" once
+        every row is past it, None otherwise (a row before its block may take any id)."""
+        heads = set()
+        for start, frames in self.blocks:
+            done = input_ids.shape[1] - start
+            heads.add(None if done < 0 else "text" if done >= frames * self.layout.frame_length else "vision")
+        return heads.pop() if len(heads) == 1 else None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         layout, device = self.layout, scores.device

@@ -5,10 +5,20 @@ sampled token, which `generate()` cannot do (it samples every row on its own). S
 both in one forward, batch = [conditional rows; unconditional rows], left-padded to one length
 with an attention mask, and at each step:
 
-    guided = uncond + s · (cond - uncond)          on the raw logits (LWM's; docs/architecture.md)
-    scores = warpers(processors(guided))           constraints, then temperature, top-k, top-p
-    token  = argmax or a draw with the caller's torch.Generator
+    head   = the one head the processors allow     text or vision when known (`next_head`), else both
+    guided = uncond + s · (cond - uncond)          on that head's raw logits (LWM's; docs/architecture.md)
+    scores = processors(guided)                    over the whole vocabulary, -inf outside the head
+    span   = first to last id with a finite score  (the constraints allow one interval per row)
+    token  = span start + argmax or a draw with the caller's torch.Generator, of warpers(scores[span])
+                                                   (temperature, top-k, top-p)
     append token to the conditional row and to its unconditional row
+
+Computing one head where the frame structure already rules out the other gives exactly the tokens of
+computing both: the other head's ids would be masked to -inf anyway. Inside a frame this skips the
+text head, LWM's widest matmul (32000 rows against the vision head's 8448). For the same reason the
+warpers and the draw see only the span of allowed ids (8194 codes and delimiters inside a frame, not
+40448 ids): the same distribution, drawn with the generator's numbers for the span only, so a seeded
+draw differs from the whole-vocabulary draw of versions before (greedy decoding is unchanged).
 
 A generation may change settings part-way (LWM's video: the first frame with image settings, the
 rest with video settings) through a `schedule` of (number of tokens, `SamplingConfig`) phases on one
@@ -24,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from transformers import (
@@ -33,8 +44,8 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
-from transformers.cache_utils import DynamicCache
 
+from lwm.generation.cache import GrowingCache
 from lwm.generation.sharded import ShardedSteps
 from lwm.parallel import SequenceParallel
 
@@ -141,6 +152,31 @@ def _stack_left_padded(
     return ids, mask
 
 
+def next_head(processors: Sequence[LogitsProcessor], history: torch.LongTensor) -> Literal["text", "vision"] | None:
+    """The one head that can hold every row's next id, as said by the processors that know (`next_head`);
+    None (both heads) when none of them knows or they disagree."""
+    heads = {processor.next_head(history) for processor in processors if hasattr(processor, "next_head")} - {None}
+    return heads.pop() if len(heads) == 1 else None
+
+
+def over_whole_vocabulary(logits: torch.Tensor, head: Literal["text", "vision"] | None, config) -> torch.Tensor:
+    """One head's logits [rows, head vocabulary] at their ids in [rows, text + vision], -inf elsewhere."""
+    if head is None:
+        return logits
+    whole = logits.new_full((logits.shape[0], config.total_vocab_size), float("-inf"))
+    first_id = 0 if head == "text" else config.vocab_size
+    whole[:, first_id : first_id + logits.shape[1]] = logits
+    return whole
+
+
+def allowed_span(scores: torch.Tensor) -> slice:
+    """The ids from the first to the last that some row may take (a finite score); all of them if none."""
+    allowed = torch.isfinite(scores).any(dim=0).nonzero().squeeze(1)
+    if not len(allowed):
+        return slice(0, scores.shape[-1])
+    return slice(int(allowed[0]), int(allowed[-1]) + 1)
+
+
 def choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None = None) -> torch.LongTensor:
     """One id per row: argmax, or a draw from softmax(scores) using `generator`."""
     if not do_sample:
@@ -163,7 +199,7 @@ class CachedSteps:
         if unconditional is not None:
             rows, mask = _stack_left_padded((input_ids, attention_mask), unconditional, model.config.pad_token_id or 0)
         self.branches = rows.shape[0] // self.batch  # 2 with guidance
-        self.cache = DynamicCache(config=model.config)
+        self.cache = GrowingCache(model.config.num_hidden_layers)
         self.pending, self.mask = rows, mask
         self.places = model.grid_ids_of(input_ids)  # each token's place in its frame, for a model with a grid
 
@@ -171,11 +207,11 @@ class CachedSteps:
     def guided(self) -> bool:
         return self.branches == 2
 
-    def next_logits(self) -> torch.Tensor:
-        """[rows, vocabulary] logits after what was fed last (the whole prompt at first)."""
+    def next_logits(self, head: Literal["text", "vision"] | None = None) -> torch.Tensor:
+        """[rows, head vocabulary] logits of `head` (None: both) after what was fed last (the whole prompt at first)."""
         places = self.places.repeat(self.branches, 1) if self.places is not None and self.cache.get_seq_length() else None
         output = self.model(self.pending, attention_mask=self.mask, cache=self.cache, use_cache=True, logits_to_keep=1,
-                            vision_grid_ids=places)
+                            vision_grid_ids=places, head=head)
         return output.logits[:, -1].float()
 
     def agree(self, tokens: torch.LongTensor) -> torch.LongTensor:
@@ -241,10 +277,13 @@ def iter_tokens(
             steps.drop_unconditional()
         warpers = sampling.warpers()
         for _ in range(num_tokens):
-            logits = steps.next_logits()
+            head = next_head(processors, history)
+            logits = steps.next_logits(head)
             if steps.guided:
                 logits = guide(logits[:batch], logits[batch:], sampling.guidance_scale)
-            token = steps.agree(choose(warpers(history, processors(history, logits)), sampling.do_sample, generator))
+            scores = processors(history, over_whole_vocabulary(logits, head, model.config))
+            span = allowed_span(scores)
+            token = steps.agree(choose(warpers(history, scores[:, span]), sampling.do_sample, generator) + span.start)
             yield token
             history = torch.cat([history, token[:, None]], dim=1)
             steps.feed(token)

@@ -9,6 +9,7 @@ decode loop of `lwm.generation.sampling`, which chooses the tokens as it does on
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -79,12 +80,13 @@ class ShardedSteps:
         self.pending = input_ids[:, prefill_len:]  # prompt tokens not prefilled, then each chosen token
         self.pending_places = None if self.places is None else self.places[:, prefill_len:]
 
-    def next_logits(self) -> torch.Tensor:
-        logits = self._prefill() if self.prefill.shape[1] else None
+    def next_logits(self, head: Literal["text", "vision"] | None = None) -> torch.Tensor:
+        """[batch, head vocabulary] logits of `head` (None: both) after what was fed last."""
+        logits = self._prefill(head) if self.prefill.shape[1] else None
         self.cache.decoding = True
         for position in range(self.pending.shape[1]):
             places = None if self.pending_places is None else self.pending_places[:, position : position + 1]
-            logits = self._decode(self.pending[:, position : position + 1], places)
+            logits = self._decode(self.pending[:, position : position + 1], places, head)
         return logits
 
     def agree(self, tokens: torch.LongTensor) -> torch.LongTensor:
@@ -96,7 +98,7 @@ class ShardedSteps:
         self.pending = tokens[:, None]
         self.places = self.pending_places = self.model.advance_grid_ids(self.places, self.pending)
 
-    def _prefill(self) -> torch.Tensor:
+    def _prefill(self, head) -> torch.Tensor:
         prefill, self.prefill = self.prefill, self.prefill[:, :0]
         rank, world, layout = self.rank, self.world, self.sp.layout
         out = self.model(
@@ -109,6 +111,7 @@ class ShardedSteps:
             cache=self.cache,
             use_cache=True,
             logits_to_keep=1,
+            head=head,
             sequence_parallel=self.sp,
         )
         # The last prompt position ends the shard of whichever rank holds the sequence's last chunk.
@@ -118,8 +121,8 @@ class ShardedSteps:
             dist.broadcast(logits, group=self.sp.group, group_src=holder)
         return logits
 
-    def _decode(self, token: torch.LongTensor, places: torch.LongTensor | None) -> torch.Tensor:
+    def _decode(self, token: torch.LongTensor, places: torch.LongTensor | None, head) -> torch.Tensor:
         position = torch.full_like(token, self.cache.get_seq_length())
         out = self.model(input_ids=token, position_ids=position, cache=self.cache, use_cache=True, logits_to_keep=1,
-                         vision_grid_ids=places, sequence_parallel=replace(self.sp, decoding=True))
+                         vision_grid_ids=places, head=head, sequence_parallel=replace(self.sp, decoding=True))
         return out.logits[:, -1].float()

@@ -17,6 +17,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -27,7 +28,8 @@ from transformers.utils import logging as hf_logging
 
 from lwm.model import attention  # noqa: F401  (registers the "blockwise" and "ring" backends)
 from lwm.model.configuration_lwm import LWMConfig
-from lwm.model.targets import modality_weights, next_token_targets
+from lwm.model.loss import lwm_loss
+from lwm.model.targets import next_token_targets
 from lwm.parallel import SequenceParallel
 
 _SEGMENT_BACKENDS = ("blockwise", "ring")
@@ -191,13 +193,15 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
         sequence_parallel: SequenceParallel | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        head: Literal["text", "vision"] | None = None,
         **kwargs,
     ) -> LWMCausalLMOutput:
-        """Logits over [text | vision] and, given labels, LWM's loss.
+        """Logits over [text | vision], or given labels LWM's loss and no logits.
 
         labels: the ids to predict, aligned with input_ids (shifted inside, transformers-style);
             -100 = no loss. Or shift_labels: already aligned with the predicting position (for
-            sequence-parallel shards, where the next token may live on another rank).
+            sequence-parallel shards, where the next token may live on another rank). The loss runs
+            each head on its own targets only (lwm.model.loss) and builds no logits: `logits` is None.
         loss_weights: per-target weights aligned with labels / shift_labels (packing uses them).
         loss_denominators: (text, vision) totals to divide by instead of this call's own weight
             sums, so shards of one batch add up to the loss of the whole batch.
@@ -210,6 +214,9 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
             they start the sequence, required when they continue a cache or are a shard of it.
         sequence_parallel: the sp group that the "ring" backend runs over (`lwm.parallel`); input_ids
             are then this rank's shard, or with `decoding=True` new tokens on a sharded cache.
+        head: only this head's logits, [..., vocab_size] for "text" or [..., vision_vocab_size] for
+            "vision" (ids counted from the head's first id): decoding uses it where the next token's
+            modality is known, and skips the other head's matmul.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -248,25 +255,27 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
             )
         hidden = self.model.norm(hidden)
 
+        if labels is not None or shift_labels is not None:
+            if logits_to_keep or head is not None:
+                raise ValueError("logits_to_keep and head cannot be combined with labels")
+            targets, weights = _align_targets(labels, shift_labels, loss_weights, segments, seq)
+            loss, text_loss, vision_loss = lwm_loss(
+                hidden, self.lm_head.weight, self.vision_head.weight, targets, weights, loss_denominators
+            )
+            return LWMCausalLMOutput(loss=loss, text_loss=text_loss, vision_loss=vision_loss, **{CACHE_NAME: cache})
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = torch.cat([self.lm_head(hidden), self.vision_head(hidden)], dim=-1)
+        return LWMCausalLMOutput(logits=self.head_logits(hidden, head), **{CACHE_NAME: cache})
 
-        loss = text_loss = vision_loss = None
-        if labels is not None or shift_labels is not None:
-            targets, weights = _align_targets(labels, shift_labels, loss_weights, segments, seq)
-            if logits_to_keep:
-                raise ValueError("logits_to_keep cannot be combined with labels")
-            loss, text_loss, vision_loss = lwm_loss(
-                logits, targets, weights, self.config.vocab_size, loss_denominators
-            )
-        return LWMCausalLMOutput(
-            loss=loss,
-            logits=logits,
-            text_loss=text_loss,
-            vision_loss=vision_loss,
-            **{CACHE_NAME: cache},
-        )
+    def head_logits(self, hidden: torch.Tensor, head: Literal["text", "vision"] | None = None) -> torch.Tensor:
+        """The logits of `head` (None: both, text then vision) for final hidden states."""
+        if head == "text":
+            return self.lm_head(hidden)
+        if head == "vision":
+            return self.vision_head(hidden)
+        if head is not None:
+            raise ValueError(f"head must be 'text', 'vision' or None, got {head!r}")
+        return torch.cat([self.lm_head(hidden), self.vision_head(hidden)], dim=-1)
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
         """transformers' inputs for one `generate()` step, plus the frame places of the ids it feeds."""
@@ -435,28 +444,3 @@ def _align_targets(labels, shift_labels, loss_weights, segments, seq):
     if shift_labels is not None:
         return shift_labels, loss_weights
     return next_token_targets(labels, None if segments is None else segments[:, -seq:], loss_weights)
-
-
-def lwm_loss(logits, targets, weights, text_vocab: int, denominators=None):
-    """0.5 · (text CE + vision CE), each a (weighted) mean over its own valid targets.
-
-    The modality of a target picks its half of the logits, which equals LWM's separate softmaxes
-    over the text and the vision vocabularies. A modality with no targets contributes 0, as in
-    LWM. `denominators` (text, vision) replace the local weight sums, so that per-shard losses of
-    one batch add up exactly to the loss of the whole batch.
-    """
-    logits = logits.float()
-    is_vision = targets >= text_vocab
-    # Each position's CE against its target's own half: log-sum-exp of that half minus the target logit.
-    target_logits = logits.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
-    half_lse = torch.where(
-        is_vision, torch.logsumexp(logits[..., text_vocab:], dim=-1), torch.logsumexp(logits[..., :text_vocab], dim=-1)
-    )
-    ce = half_lse - target_logits
-    losses = []
-    for index, selected_weights in enumerate(modality_weights(targets, weights, text_vocab)):
-        numerator = (ce * selected_weights).sum()
-        denominator = selected_weights.sum() if denominators is None else denominators[index]
-        losses.append(numerator / denominator if float(denominator) > 0 else numerator * 0.0)
-    text_loss, vision_loss = losses
-    return 0.5 * (text_loss + vision_loss), text_loss, vision_loss

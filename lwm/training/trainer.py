@@ -322,6 +322,11 @@ class Trainer:
         stage = self.config.stages[index]
         start_from = str(self.stage_export_dir(index - 1)) if index else None
         model = build_model(self.config, stage, self.mesh, start_from)
+        if self.config.parallel.zero_stage == 3:
+            # The loss reads the heads' weights outside their modules' forward (lwm.model.loss): ZeRO-3
+            # must gather them for the model's forward, not only for the heads' own.
+            for head in (model.lm_head, model.vision_head):
+                deepspeed.zero.register_external_parameter(model, head.weight)
         engine, _, _, _ = deepspeed.initialize(
             model=model,
             model_parameters=parameter_groups(model, self.config.optimizer),

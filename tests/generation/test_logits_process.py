@@ -73,6 +73,14 @@ def test_keep_interval_per_row():
     assert allowed_ids(kept) == [{0, 1, 2}, set(range(4, 10))]
 
 
+def test_keep_interval_for_all_rows_at_once_equals_the_mask_per_row():
+    scores = torch.randn(3, 12)
+    one_interval = keep_interval(scores, 2, 7)
+    per_row = keep_interval(scores, torch.tensor([2, 2, 2]), torch.tensor([7, 7, 8]))
+    assert torch.equal(one_interval[:, :7], per_row[:, :7]) and allowed_ids(one_interval) == [set(range(2, 7))] * 3
+    assert allowed_ids(per_row)[2] == set(range(2, 8))
+
+
 def test_text_only_and_vision_only():
     scores = torch.randn(3, WIDTH)
     assert allowed_ids(TextOnlyLogitsProcessor(V)(None, scores)) == [set(range(V))] * 3

@@ -47,7 +47,10 @@ def sample_single_process(model, input_ids, seed):
     logits = model(input_ids=input_ids, cache=cache, use_cache=True).logits[:, -1]
     for _ in range(NEW_TOKENS):
         scores = sampling_processors()(sequence, logits.float())
-        token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)
+        # The draw runs over the ids from the first to the last one allowed (lwm.generation.sampling.choose).
+        allowed = torch.isfinite(scores).any(dim=0).nonzero().squeeze(1)
+        first, last = int(allowed[0]), int(allowed[-1])
+        token = first + torch.multinomial(torch.softmax(scores[:, first : last + 1], dim=-1), 1, generator=generator)
         sequence = torch.cat([sequence, token], dim=1)
         logits = model(input_ids=token, cache=cache, use_cache=True).logits[:, -1]
     return sequence
