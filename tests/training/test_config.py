@@ -126,6 +126,22 @@ def test_the_third_step_continues_the_needle_curriculum_on_every_world_task():
     assert set(rendered.replace("\\", " ").split()) | {"needle"} == set(config.data.mixture)
 
 
+def test_the_long_context_stages_grow_the_fourth_steps_decoder_on_the_makefiles_data():
+    fourth = load_config("configs/train/bundled-qa.yaml")
+    config = load_config("configs/train/bundled-long.yaml")
+    assert config.model.name_or_path == f"{fourth.output_dir}/pretrained/stage0"
+    assert config.processor == fourth.processor
+    trained = fourth.stages[-1].seq_len
+    assert [stage.seq_len for stage in config.stages] == [4 * trained, 8 * trained]
+    thetas = [fourth.stages[-1].rope_theta] + [stage.rope_theta for stage in config.stages]
+    assert thetas == sorted(thetas) and len(set(thetas)) == 3  # θ grows with every stage, as LWM's
+    assert config.data.overlong == "drop"  # a 4x row never holds an 8x haystack cut short
+    recipe = subprocess.run(["make", "-n", "-B", "bundled-long", "LWM=lwm"], capture_output=True, text=True, check=True)
+    assert f"--out {config.data.path} " in recipe.stdout and f"--max-length {8 * trained}" in recipe.stdout
+    rendered = recipe.stdout.split("data world runs/bundled/long ")[1].split("--tasks")[1].split("--workers")[0]
+    assert set(rendered.replace("\\", " ").split()) | {"needle"} == set(config.data.mixture)
+
+
 def test_the_fourth_step_trains_the_third_further_on_its_data_and_is_what_ships():
     third = load_config("configs/train/bundled-continue.yaml")
     config = load_config("configs/train/bundled-qa.yaml")
