@@ -7,10 +7,9 @@
 # Environment: STEPS (default 40), SEEDS (default 2).
 set -euo pipefail
 out=$1; shift
-thetas=("${@:-1e4 4.4e4 1e5 1e6}")
-read -r -a thetas <<< "${thetas[*]}"
+[ $# -gt 0 ] || set -- 1e4 4.4e4 1e5 1e6
 steps=${STEPS:-40}
-for theta in "${thetas[@]}"; do
+for theta in "$@"; do
   run="$out/theta-$theta"
   lwm train configs/train/bundled-long.yaml output_dir="$run" logging.progress_bar=false \
     "stages=[{name: sweep, seq_len: 10240, rope_theta: $theta, steps: $steps}]"

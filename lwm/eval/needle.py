@@ -86,6 +86,10 @@ class NeedleEvalConfig:
         """How far this multiple lies beyond the trained length (1 within it)."""
         return max(1.0, self.length(multiple) / self.trained_length)
 
+    def reply_budget(self, n_needles: int = 1, asks_all: bool = False) -> int:
+        """The tokens a reply may take: `max_new_tokens` per asked needle."""
+        return self.max_new_tokens * (n_needles if asks_all else 1)
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -165,15 +169,10 @@ def token_counter(processor, max_new_tokens: int, n_needles: int = 1, asks_all: 
     return count
 
 
-def reply_budget(config: NeedleEvalConfig, row: Setting) -> int:
-    return config.max_new_tokens * (row.needles if row.asks_all else 1)
-
-
 def examples(processor, config: NeedleEvalConfig, multiples: tuple[int, ...] | None = None, n_needles: int = 1,
              asks_all: bool = False) -> list[tuple[int, float, needles.NeedleExample]]:
     """(multiple, depth, example) for every multiple (default: the config's) x depth x held-out seed."""
-    budget = reply_budget(config, Setting(1, None, needles=n_needles, asks_all=asks_all))
-    count = token_counter(processor, budget, n_needles, asks_all)
+    count = token_counter(processor, config.reply_budget(n_needles, asks_all), n_needles, asks_all)
     seeds = split_seeds("held_out", config.seeds)
     found = []
     for multiple in config.multiples if multiples is None else multiples:
@@ -242,7 +241,8 @@ def evaluate_needle(model, processor, config: NeedleEvalConfig, model_dir: str |
     replies: dict[Setting, list[str]] = {}
     for row in tqdm([row for row in rows if row.ranks == 1], desc="needles", disable=not progress):
         with rope_parameters(model, rope_of(row)):
-            replies[row] = [answer(model, processor, prompt_ids(processor, example), reply_budget(config, row))
+            replies[row] = [answer(model, processor, prompt_ids(processor, example),
+                                   config.reply_budget(row.needles, row.asks_all))
                             for _, example in row_cases(row)]
     ring_rows = [row for row in rows if row.ranks > 1]
     if ring_rows:

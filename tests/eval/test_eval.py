@@ -255,7 +255,7 @@ def test_multi_needle_examples_fit_and_ask_for_one_or_all(tiny_model):
     config = needle.NeedleEvalConfig(trained_length=300, depths=(0.0, 1.0), seeds=1)
     for asks_all in (False, True):
         found = needle.examples(tiny_model.processor, config, multiples=(1,), n_needles=3, asks_all=asks_all)
-        budget = config.max_new_tokens * (3 if asks_all else 1)
+        budget = config.reply_budget(3, asks_all)
         for _, depth, example in found:
             assert len(example.needles) == 3 and example.asks_all == asks_all
             assert len(needle.prompt_ids(tiny_model.processor, example)) + budget <= 300

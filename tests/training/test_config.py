@@ -86,19 +86,30 @@ def test_the_bundled_recipe_exports_a_whole_model_folder():
     assert config.model.name_or_path == "world" and set(config.data.mixture) == set(world.DEFAULT_TASKS) | {"needle"}
 
 
+def make_dry_run(target: str) -> str:
+    """The commands `make TARGET` would run, all of them (`-B`), with `lwm` for the venv's path."""
+    return subprocess.run(["make", "-n", "-B", target, "LWM=lwm"], capture_output=True, text=True, check=True).stdout
+
+
+def rendered_tasks(recipe: str, folder: str) -> set[str]:
+    """The --tasks of the recipe's `lwm data world FOLDER` command."""
+    command = recipe.split(f"data world {folder} ")[1]
+    return set(command.split("--tasks")[1].split("--workers")[0].replace("\\", " ").split())
+
+
 def test_the_needle_curriculum_continues_the_bundled_recipe_on_the_makefiles_data():
     base = load_config("configs/train/bundled.yaml")
     config = load_config("configs/train/bundled-needles.yaml")
     assert config.model.name_or_path == f"{base.output_dir}/pretrained/stage0"
     assert config.processor == base.processor
-    recipe = subprocess.run(["make", "-n", "-B", "bundled-data", "LWM=lwm"], capture_output=True, text=True, check=True)
+    recipe = make_dry_run("bundled-data")
     short, long_, again = config.stages
     assert long_.data is None  # the top-level data: log-uniform haystacks beside the world's tasks replayed
     assert again.data == dataclasses.replace(config.data, seed=again.data.seed) and again.data.seed != config.data.seed
     assert short.data.mixture == {"needle": 1.0}
     assert set(config.data.mixture) == set(world.DEFAULT_TASKS) | {"needle"}
     for data in (short.data, config.data):
-        assert f"--out {data.path} " in recipe.stdout
+        assert f"--out {data.path} " in recipe
     assert long_.seq_len == again.seq_len == base.stages[0].seq_len
 
 
@@ -120,10 +131,9 @@ def test_the_third_step_continues_the_needle_curriculum_on_every_world_task():
     assert "video_conversation" in config.data.mixture
     assert set(config.data.mixture) == set(world.TASKS) | {"needle"}
     assert [stage.seq_len for stage in config.stages] == [needles.stages[-1].seq_len]
-    recipe = subprocess.run(["make", "-n", "-B", "bundled", "LWM=lwm"], capture_output=True, text=True, check=True)
-    assert f"--out {config.data.path} " in recipe.stdout
-    rendered = recipe.stdout.split("data world runs/bundled/continue ")[1].split("--tasks")[1].split("--workers")[0]
-    assert set(rendered.replace("\\", " ").split()) | {"needle"} == set(config.data.mixture)
+    recipe = make_dry_run("bundled")
+    assert f"--out {config.data.path} " in recipe
+    assert rendered_tasks(recipe, "runs/bundled/continue") | {"needle"} == set(config.data.mixture)
 
 
 def test_the_long_context_stages_grow_the_fourth_steps_decoder_on_the_makefiles_data():
@@ -136,10 +146,9 @@ def test_the_long_context_stages_grow_the_fourth_steps_decoder_on_the_makefiles_
     thetas = [fourth.stages[-1].rope_theta] + [stage.rope_theta for stage in config.stages]
     assert thetas == sorted(thetas) and len(set(thetas)) == 3  # θ grows with every stage, as LWM's
     assert config.data.overlong == "drop"  # a 4x row never holds an 8x haystack cut short
-    recipe = subprocess.run(["make", "-n", "-B", "bundled-long", "LWM=lwm"], capture_output=True, text=True, check=True)
-    assert f"--out {config.data.path} " in recipe.stdout and f"--max-length {8 * trained}" in recipe.stdout
-    rendered = recipe.stdout.split("data world runs/bundled/long ")[1].split("--tasks")[1].split("--workers")[0]
-    assert set(rendered.replace("\\", " ").split()) | {"needle"} == set(config.data.mixture)
+    recipe = make_dry_run("bundled-long")
+    assert f"--out {config.data.path} " in recipe and f"--max-length {8 * trained}" in recipe
+    assert rendered_tasks(recipe, "runs/bundled/long") | {"needle"} == set(config.data.mixture)
 
 
 def test_the_fourth_step_trains_the_third_further_on_its_data_and_is_what_ships():
@@ -151,8 +160,8 @@ def test_the_fourth_step_trains_the_third_further_on_its_data_and_is_what_ships(
     assert set(config.data.mixture) == set(third.data.mixture)
     assert max(config.data.mixture, key=config.data.mixture.get) == "video_qa"
     assert [stage.seq_len for stage in config.stages] == [third.stages[-1].seq_len]
-    recipe = subprocess.run(["make", "-n", "-B", "bundled", "LWM=lwm"], capture_output=True, text=True, check=True)
-    trained = [line for line in recipe.stdout.splitlines() if line.startswith("lwm train ")]
+    recipe = make_dry_run("bundled")
+    trained = [line for line in recipe.splitlines() if line.startswith("lwm train ")]
     assert trained[-2:] == ["lwm train configs/train/bundled-qa.yaml",
                             "lwm train configs/train/bundled-qa.yaml --export-only --export-dir lwm/bundled"]
 
@@ -187,20 +196,19 @@ def test_the_world_dynamics_recipe_trains_on_the_makefiles_data_and_exports_a_wh
     assert config.processor.tokenizer == "runs/world-dynamics/text-tokenizer"
     assert config.model.name_or_path == "world-dynamics" and config.model.init_codes_from_vqgan
     assert DrawingConfig.from_json(config.processor.drawing).video_frames == 4  # as the world's text -> video examples
-    recipe = subprocess.run(["make", "-n", "-B", "world-dynamics", "LWM=lwm"], capture_output=True, text=True, check=True)
+    recipe = make_dry_run("world-dynamics")
     world_stage, needles_stage, *world_and_needles = config.stages
     for data in (config.data, needles_stage.data, *(stage.data for stage in world_and_needles)):
-        assert f"--out {data.path} " in recipe.stdout
+        assert f"--out {data.path} " in recipe
     # every task the decoder's world writes, needles in the last stage only, every video trained
-    rendered = recipe.stdout.split("data world runs/world-dynamics/world-decoder ")[1].split("--tasks")[1].split("--workers")[0]
-    assert set(rendered.replace("\\", " ").split()) == set(config.data.mixture) == set(world.TASKS)
+    assert rendered_tasks(recipe, "runs/world-dynamics/world-decoder") == set(config.data.mixture) == set(world.TASKS)
     for stage in world_and_needles:
         assert set(stage.data.mixture) == set(world.TASKS) | {"needle"} and stage.data.train_prompt_vision
     assert config.data.train_prompt_vision
     assert needles_stage.data.mixture is None  # a dataset of needles alone
     assert {stage.seq_len for stage in config.stages} == {LWMConfig.from_preset("world-dynamics").max_position_embeddings}
-    trained = [line for line in recipe.stdout.splitlines() if line.startswith("lwm train ")]
+    trained = [line for line in recipe.splitlines() if line.startswith("lwm train ")]
     assert trained == ["lwm train configs/train/world-dynamics.yaml ",
                        "lwm train configs/train/world-dynamics.yaml --export-only --export-dir runs/world-dynamics/export"]
     # the data is tokenized with the VQGAN the export holds
-    assert f"--vqgan {config.processor.vqgan} " in recipe.stdout
+    assert f"--vqgan {config.processor.vqgan} " in recipe
