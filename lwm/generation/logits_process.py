@@ -88,11 +88,14 @@ class FrameLayout:
 
 def keep_interval(scores: torch.Tensor, low: torch.Tensor | int, high: torch.Tensor | int) -> torch.Tensor:
     """Scores with every id outside [low, high) set to -inf; `low`/`high` are per row ([batch]) or scalars."""
-    low = torch.as_tensor(low, device=scores.device).reshape(-1, 1)
-    high = torch.as_tensor(high, device=scores.device).reshape(-1, 1)
-    if bool((low == low[0]).all() and (high == high[0]).all()):  # one interval for all rows: a copy, no mask
+    if not (isinstance(low, int) and isinstance(high, int)):
+        low = torch.as_tensor(low, device=scores.device).reshape(-1, 1)
+        high = torch.as_tensor(high, device=scores.device).reshape(-1, 1)
+        if bool((low == low[0]).all() and (high == high[0]).all()):
+            low, high = int(low[0]), int(high[0])
+    if isinstance(low, int):  # one interval for all rows: a copy, no mask
         kept = torch.full_like(scores, float("-inf"))
-        kept[:, int(low[0]) : int(high[0])] = scores[:, int(low[0]) : int(high[0])]
+        kept[:, low:high] = scores[:, low:high]
         return kept
     ids = torch.arange(scores.shape[-1], device=scores.device)
     return scores.masked_fill((ids < low) | (ids >= high), float("-inf"))
@@ -164,6 +167,9 @@ class FrameStructureLogitsProcessor(LogitsProcessor):
         return heads.pop() if len(heads) == 1 else None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if len(self.blocks) == 1:  # every row at the same stage: its interval in plain numbers, at every step
+            ((start, frames),) = self.blocks
+            return keep_interval(scores, *self._interval(input_ids.shape[1] - start, frames, scores.shape[-1]))
         layout, device = self.layout, scores.device
         done = input_ids.shape[1] - self.vision_start.to(device).expand(input_ids.shape[0])  # block ids so far
         num_frames = self.num_frames.to(device).expand_as(done)
@@ -177,3 +183,16 @@ class FrameStructureLogitsProcessor(LogitsProcessor):
         low = torch.where(before | after, 0, low)
         high = torch.where(before, scores.shape[-1], torch.where(after, layout.text_vocab_size, high))
         return keep_interval(scores, low, high)
+
+    def _interval(self, done: int, frames: int, vocabulary: int) -> tuple[int, int]:
+        """The ids allowed after `done` ids of a block of `frames` frames (the rows' rule above, for one row)."""
+        layout = self.layout
+        frame, position = divmod(done, layout.frame_length)
+        if done < 0:
+            return 0, vocabulary
+        if frame >= frames:
+            return 0, layout.text_vocab_size
+        if position < layout.codes_per_frame:
+            return layout.first_code_id, layout.first_code_id + layout.num_codes
+        delimiter = layout.eov_token_id if frame == frames - 1 else layout.eof_token_id
+        return delimiter, delimiter + 1

@@ -37,13 +37,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from transformers import (
-    LogitsProcessor,
-    LogitsProcessorList,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from lwm.generation.cache import GrowingCache
 from lwm.generation.sharded import ShardedSteps
@@ -78,7 +72,7 @@ class SamplingConfig:
         return self.guidance_scale != 1.0
 
     def warpers(self) -> LogitsProcessorList:
-        """transformers' warpers, in LWM's order: temperature, top-k, top-p (none when greedy).
+        """The warpers in LWM's order: temperature, top-k, top-p (none when greedy).
 
         A top-k above the number of allowed ids keeps them all, so LWM's top-k 8192 needs no clipping
         to a smaller codebook once the constraints have masked the rest.
@@ -89,13 +83,29 @@ class SamplingConfig:
         if self.temperature != 1.0:
             warpers.append(TemperatureLogitsWarper(self.temperature))
         if self.top_k is not None:
-            warpers.append(TopKLogitsWarper(self.top_k))
+            warpers.append(TopKWarper(self.top_k))
         if self.top_p is not None and self.top_p < 1.0:
             warpers.append(TopPLogitsWarper(self.top_p))
         return warpers
 
 
 GREEDY = SamplingConfig(do_sample=False)
+
+
+class TopKWarper(LogitsProcessor):
+    """transformers' `TopKLogitsWarper` (every score below the k-th largest set to -inf, ties kept), with
+    the k-th largest found by selection instead of a top-k sort: half the time for LWM's k = 1000 of 8194
+    codes, at every drawn code."""
+
+    def __init__(self, top_k: int):
+        self.top_k = top_k
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        width = scores.shape[-1]
+        if self.top_k >= width:
+            return scores
+        kth_largest = scores.kthvalue(width - self.top_k + 1, dim=-1, keepdim=True).values
+        return scores.masked_fill(scores < kth_largest, float("-inf"))
 
 
 def guide(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) -> torch.Tensor:
@@ -170,19 +180,26 @@ def over_whole_vocabulary(logits: torch.Tensor, head: Literal["text", "vision"] 
 
 
 def allowed_span(scores: torch.Tensor) -> slice:
-    """The ids from the first to the last that some row may take (a finite score); all of them if none."""
-    allowed = torch.isfinite(scores).any(dim=0).nonzero().squeeze(1)
+    """The ids from the first to the last that some row may take (a score above -inf); all of them if none."""
+    allowed = (scores > float("-inf")).any(dim=0).nonzero().squeeze(1)
     if not len(allowed):
         return slice(0, scores.shape[-1])
     return slice(int(allowed[0]), int(allowed[-1]) + 1)
 
 
 def choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None = None) -> torch.LongTensor:
-    """One id per row: argmax, or a draw from softmax(scores) using `generator`."""
+    """One id per row: argmax, or a draw from softmax(scores) using `generator`.
+
+    The draw inverts the cumulative distribution at one uniform number per row: the distribution of
+    `torch.multinomial`, which on a CPU spends some 40 times longer on a row of 8194 codes.
+    """
     if not do_sample:
         return scores.argmax(dim=-1)
-    probabilities = scores.softmax(dim=-1)
-    return torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
+    cumulative = scores.softmax(dim=-1).cumsum(dim=-1)
+    cumulative = cumulative / cumulative[:, -1:]  # ends at exactly 1, above any uniform number in [0, 1)
+    uniform = torch.rand(scores.shape[0], 1, generator=generator, device=scores.device)
+    # The first id whose cumulative probability exceeds the number: ids of probability 0 are never drawn.
+    return torch.searchsorted(cumulative, uniform, right=True).squeeze(1)
 
 
 class CachedSteps:

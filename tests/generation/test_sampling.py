@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from transformers import LogitsProcessor
+from transformers import LogitsProcessor, TopKLogitsWarper
 
 from lwm.generation.logits_process import FrameLayout, FrameStructureLogitsProcessor, TextOnlyLogitsProcessor
-from lwm.generation.sampling import GREEDY, SamplingConfig, allowed_span, next_head, sample
+from lwm.generation.sampling import GREEDY, SamplingConfig, TopKWarper, allowed_span, choose, next_head, sample
 from tests.helpers.tiny import tiny_lm
 
 PROMPT = torch.tensor([[1, 40, 41, 42, 43, 44, 45], [0, 0, 0, 1, 50, 51, 52]])
@@ -82,3 +82,23 @@ def test_the_draw_spans_the_allowed_ids_only():
     scores[0, 3:5], scores[1, 6] = 0.0, 1.0
     assert allowed_span(scores) == slice(3, 7)
     assert allowed_span(torch.full((1, 4), float("-inf"))) == slice(0, 4)
+
+
+def test_top_k_by_selection_equals_transformers_top_k():
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(3, 300, generator=generator).round(decimals=1)  # many ties at the k-th score
+    scores[1, :200] = float("-inf")  # fewer finite scores than k in row 1
+    for k in (1, 5, 150, 299, 300, 1000):
+        assert torch.equal(TopKWarper(k)(None, scores), TopKLogitsWarper(k)(None, scores.clone())), k
+
+
+def test_the_draw_follows_the_distribution_and_never_takes_an_excluded_id():
+    probabilities = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05, 0.0])
+    scores = probabilities.log().expand(40_000, -1)  # log 0 = -inf: excluded
+    drawn = choose(scores, do_sample=True, generator=torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(drawn, minlength=6) / len(drawn)
+    assert frequencies[[1, 5]].sum() == 0
+    # 40,000 draws: a frequency's standard deviation is at most 0.0025, so 0.01 is four of them
+    assert torch.allclose(frequencies, probabilities, atol=0.01), frequencies
+    again = choose(scores[:5], do_sample=True, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again, drawn[:5])  # seeded: the same draws

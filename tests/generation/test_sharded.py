@@ -8,10 +8,11 @@ attention by log-sum-exp: the tokens must equal those of one process holding the
 import pytest
 import torch
 import torch.distributed as dist
-from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper
+from transformers import LogitsProcessorList, TemperatureLogitsWarper
 from transformers.cache_utils import DynamicCache
 
-from lwm.generation import SamplingConfig, ShardedCache, generate_sharded
+from lwm.generation import SamplingConfig, ShardedCache, choose, generate_sharded
+from lwm.generation.sampling import TopKWarper
 from lwm.model import LWMConfig
 from lwm.parallel import SequenceParallel
 from tests.helpers.distributed import run_distributed
@@ -38,7 +39,7 @@ def prompt(length, seed):
 
 
 def sampling_processors():
-    return LogitsProcessorList([TemperatureLogitsWarper(0.8), TopKLogitsWarper(20)])
+    return LogitsProcessorList([TemperatureLogitsWarper(0.8), TopKWarper(20)])
 
 
 @torch.no_grad()
@@ -50,7 +51,7 @@ def sample_single_process(model, input_ids, seed):
         # The draw runs over the ids from the first to the last one allowed (lwm.generation.sampling.choose).
         allowed = torch.isfinite(scores).any(dim=0).nonzero().squeeze(1)
         first, last = int(allowed[0]), int(allowed[-1])
-        token = first + torch.multinomial(torch.softmax(scores[:, first : last + 1], dim=-1), 1, generator=generator)
+        token = first + choose(scores[:, first : last + 1], do_sample=True, generator=generator)[:, None]
         sequence = torch.cat([sequence, token], dim=1)
         logits = model(input_ids=token, cache=cache, use_cache=True).logits[:, -1]
     return sequence
