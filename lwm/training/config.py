@@ -79,12 +79,42 @@ class ProcessorConfig:
 
 
 @dataclass
+class YarnConfig:
+    """YaRN's RoPE for a stage longer than the model's trained length (transformers' "yarn" rope type).
+
+    With factor = seq_len / original_length, a frequency that turns fewer than `beta_slow` times over
+    `original_length` tokens is interpolated (slowed by the factor), one that turns more than `beta_fast`
+    times is kept, and those between are mixed along a ramp. Keeping every frequency that turns at least
+    twice (`beta_fast: 2`) and the attention temperature (`attention_factor: 1`) leaves what the model
+    learnt within its trained length as it was: docs/bundled-model.md, "Long context". `attention_factor`
+    None is YaRN's 0.1 ln(factor) + 1.
+    """
+
+    original_length: int
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: float | None = None
+
+
+@dataclass
 class StageConfig:
     seq_len: int
     rope_theta: float
     steps: int
     name: str = ""
     data: DataConfig | None = None  # None: the top-level data
+    yarn: YarnConfig | None = None  # None: plain RoPE at rope_theta
+
+    def rope_parameters(self) -> dict:
+        """The stage's RoPE as transformers' `rope_parameters`."""
+        if self.yarn is None:
+            return {"rope_type": "default", "rope_theta": self.rope_theta}
+        yarn = {"rope_type": "yarn", "rope_theta": self.rope_theta, "factor": self.seq_len / self.yarn.original_length,
+                "original_max_position_embeddings": self.yarn.original_length,
+                "beta_fast": self.yarn.beta_fast, "beta_slow": self.yarn.beta_slow}
+        if self.yarn.attention_factor is not None:
+            yarn["attention_factor"] = self.yarn.attention_factor
+        return yarn
 
 
 @dataclass
@@ -295,6 +325,15 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"{where}.steps must be at least 1, got {stage.steps}")
         if stage.rope_theta <= 0:
             raise ConfigError(f"{where}.rope_theta must be positive, got {stage.rope_theta}")
+        if stage.yarn is not None:
+            yarn = stage.yarn
+            if not 0 < yarn.original_length < stage.seq_len:
+                raise ConfigError(f"{where}.yarn.original_length must lie in (0, seq_len={stage.seq_len}): it is the "
+                                  f"shorter length the model was trained at, got {yarn.original_length}")
+            if not 0 < yarn.beta_slow <= yarn.beta_fast:
+                raise ConfigError(f"{where}.yarn needs 0 < beta_slow <= beta_fast, got {yarn.beta_slow} and {yarn.beta_fast}")
+            if yarn.attention_factor is not None and yarn.attention_factor <= 0:
+                raise ConfigError(f"{where}.yarn.attention_factor must be positive, got {yarn.attention_factor}")
         if not config.stage_data(index).path:
             raise ConfigError(f"{where} has no data: set data.path (or {where}.data.path) to a tokenized dataset")
     checks = [

@@ -107,10 +107,10 @@ def build_model(config: TrainConfig, stage: StageConfig, mesh: Mesh, start_from:
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     if Path(source, "config.json").is_file():
         model = LWMForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation=attention, **grid)
-        _set_rope_theta(model, stage.rope_theta)
+        _set_rope(model, stage.rope_parameters())
     elif source in LWMConfig.preset_names() or source.endswith(".json"):
         model = LWMForCausalLM(
-            LWMConfig.from_preset(source, rope_theta=stage.rope_theta, attn_implementation=attention, **grid)
+            LWMConfig.from_preset(source, rope_parameters=stage.rope_parameters(), attn_implementation=attention, **grid)
         )
         if config.model.init_codes_from_vqgan:
             from lwm.tokenizers import VQGAN
@@ -156,12 +156,12 @@ def load_processor(config: TrainConfig):
                         single_turn=config.processor.single_turn)
 
 
-def _set_rope_theta(model: LWMForCausalLM, theta: float) -> None:
-    """A loaded model keeps its saved θ unless told otherwise: set it and rebuild the rotary tables."""
-    rope = dict(model.config.rope_parameters or {"rope_type": "default"})
-    if rope.get("rope_theta") == theta:
+def _set_rope(model: LWMForCausalLM, rope: dict) -> None:
+    """A loaded model trains with the stage's RoPE, not the one it was saved with: set it and rebuild the
+    rotary tables."""
+    if model.config.rope_parameters == rope:
         return
-    model.config.rope_parameters = {**rope, "rope_theta": theta}
+    model.config.rope_parameters = rope
     model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config)
 
 

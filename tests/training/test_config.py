@@ -23,26 +23,37 @@ def path(tmp_path):
     return path
 
 
-def test_config_overrides_are_typed_and_unknown_keys_are_named(path):
+def test_config_overrides_are_typed(path):
     config = load_config(path, ["optimizer.lr=1e-4", "stages.0.steps=20", "parallel.sp_size=2",
                                 "model.trainable=[vision_head.*]"])
     assert (config.optimizer.lr, config.stages[0].steps, config.parallel.sp_size) == (1e-4, 20, 2)
     assert config.stages[0].rope_theta == 1e6
     assert config.model.trainable == ["vision_head.*"]
-    with pytest.raises(ConfigError, match="optimizer.learning_rate"):
-        load_config(path, ["optimizer.learning_rate=1"])
-    with pytest.raises(ConfigError, match="stages.0.steps must be an integer"):
-        load_config(path, ["stages.0.steps=many"])
-    with pytest.raises(ConfigError, match="stages.3"):
-        load_config(path, ["stages.3.steps=1"])
-    with pytest.raises(ConfigError, match="parallel.zero_stage must be one of"):
-        load_config(path, ["parallel.zero_stage=4"])
-    with pytest.raises(ConfigError, match=r"stages.0.seq_len: .*use a multiple of 6 \(parallel.sp_size=3\)"):
-        load_config(path, ["parallel.sp_size=3"])
-    with pytest.raises(ConfigError, match="key=value"):
-        load_config(path, ["optimizer.lr"])
-    with pytest.raises(ConfigError, match="model.init_codes_from_vqgan needs processor.vqgan"):
-        load_config(path, ["model.init_codes_from_vqgan=true"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optimizer.learning_rate=1", "optimizer.learning_rate"),
+    ("stages.0.steps=many", "stages.0.steps must be an integer"),
+    ("stages.3.steps=1", "stages.3"),
+    ("parallel.zero_stage=4", "parallel.zero_stage must be one of"),
+    ("parallel.sp_size=3", r"stages.0.seq_len: .*use a multiple of 6 \(parallel.sp_size=3\)"),
+    ("optimizer.lr", "key=value"),
+    ("model.init_codes_from_vqgan=true", "model.init_codes_from_vqgan needs processor.vqgan"),
+    ("stages.0.yarn={original_length: 64}", r"stages.0.yarn.original_length must lie in \(0, seq_len=64\)"),
+    ("stages.0.yarn={original_length: 16, beta_fast: 1, beta_slow: 2}", "stages.0.yarn needs 0 < beta_slow <= beta_fast"),
+    ("stages.0.yarn={original_length: 16, attention_factor: 0}", "stages.0.yarn.attention_factor must be positive"),
+])
+def test_bad_settings_are_named(path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, [override])
+
+
+def test_a_yarn_stage_names_its_factor_from_the_lengths(path):
+    yarn = load_config(path, ["stages.0.yarn={original_length: 16, beta_fast: 2, beta_slow: 1, attention_factor: 1}"])
+    assert yarn.stages[0].rope_parameters() == {
+        "rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0, "original_max_position_embeddings": 16,
+        "beta_fast": 2.0, "beta_slow": 1.0, "attention_factor": 1.0}
+    assert load_config(path).stages[0].rope_parameters() == {"rope_type": "default", "rope_theta": 1e6}
 
 
 def test_shipped_configs_load_and_lwm_stages_follow_the_paper():
@@ -138,17 +149,23 @@ def test_the_third_step_continues_the_needle_curriculum_on_every_world_task():
 
 def test_the_long_context_stages_grow_the_fourth_steps_decoder_on_the_makefiles_data():
     fourth = load_config("configs/train/bundled-qa.yaml")
-    config = load_config("configs/train/bundled-long.yaml")
-    assert config.model.name_or_path == f"{fourth.output_dir}/pretrained/stage0"
-    assert config.processor == fourth.processor
     trained = fourth.stages[-1].seq_len
-    assert [stage.seq_len for stage in config.stages] == [4 * trained, 8 * trained]
-    thetas = [fourth.stages[-1].rope_theta] + [stage.rope_theta for stage in config.stages]
-    assert thetas == sorted(thetas) and len(set(thetas)) == 3  # θ grows with every stage, as LWM's
-    assert config.data.overlong == "drop"  # a 4x row never holds an 8x haystack cut short
+    yarn, theta = load_config("configs/train/bundled-long.yaml"), load_config("configs/train/bundled-long-theta.yaml")
+    for config in (yarn, theta):
+        assert config.model.name_or_path == f"{fourth.output_dir}/pretrained/stage0"
+        assert config.processor == fourth.processor
+        assert [stage.seq_len for stage in config.stages] == [4 * trained, 8 * trained]
+        assert config.data.path == yarn.data.path and config.data.overlong == "drop"  # no 8x haystack cut short
+    # YaRN stretches RoPE from the trained length, θ as trained; the θ recipe raises θ with every stage
+    assert [stage.rope_parameters()["factor"] for stage in yarn.stages] == [4.0, 8.0]
+    assert {stage.yarn.original_length for stage in yarn.stages} == {trained}
+    assert {stage.rope_theta for stage in yarn.stages} == {fourth.stages[-1].rope_theta}
+    thetas = [fourth.stages[-1].rope_theta] + [stage.rope_theta for stage in theta.stages]
+    assert thetas == sorted(thetas) and len(set(thetas)) == 3
     recipe = make_dry_run("bundled-long")
-    assert f"--out {config.data.path} " in recipe and f"--max-length {8 * trained}" in recipe
-    assert rendered_tasks(recipe, "runs/bundled/long") | {"needle"} == set(config.data.mixture)
+    assert f"--out {yarn.data.path} " in recipe and f"--max-length {8 * trained}" in recipe
+    assert "lwm train configs/train/bundled-long.yaml" in recipe
+    assert rendered_tasks(recipe, "runs/bundled/long") | {"needle"} == set(yarn.data.mixture)
 
 
 def test_the_fourth_step_trains_the_third_further_on_its_data_and_is_what_ships():

@@ -157,3 +157,28 @@ def test_exports_hold_the_configured_processor_and_export_dir_places_them(data_d
         assert DrawingConfig.load(folder) == drawing
     with pytest.raises(Exception, match="processor.tokenizer and processor.vqgan go together"):
         to_config(tiny_config(tmp_path, data_dir, processor={"tokenizer": str(tmp_path / "tokenizer")}))
+
+
+def test_a_yarn_stage_slows_only_the_rope_frequencies_too_slow_for_the_trained_length(tmp_path):
+    from types import SimpleNamespace
+
+    from lwm.training.config import StageConfig, YarnConfig
+    from lwm.training.trainer import build_model
+
+    LWMForCausalLM(LWMConfig.from_preset("tiny", max_position_embeddings=64)).save_pretrained(tmp_path / "short")
+    config = to_config(tiny_config(tmp_path, tmp_path, model={"name_or_path": str(tmp_path / "short")}))
+    stage = StageConfig(seq_len=256, rope_theta=1e4, steps=1,
+                        yarn=YarnConfig(original_length=64, beta_fast=2.0, beta_slow=1.0, attention_factor=1.0))
+    plain = build_model(config, StageConfig(seq_len=64, rope_theta=1e4, steps=1), SimpleNamespace(sp_size=1), None)
+    grown = build_model(config, stage, SimpleNamespace(sp_size=1), None)
+    assert grown.config.rope_parameters["rope_type"] == "yarn" and grown.config.rope_parameters["factor"] == 4.0
+    before, after = plain.model.rotary_emb.inv_freq, grown.model.rotary_emb.inv_freq
+    turns = 64 * before / (2 * torch.pi)  # turns of each frequency over the trained length
+    assert torch.equal(after[turns >= 2], before[turns >= 2])  # what the model reads within 64 tokens is kept
+    assert torch.allclose(after[turns <= 1], before[turns <= 1] / 4)  # the slowest stretch over the 4x length
+    assert grown.model.rotary_emb.attention_scaling == 1.0
+
+    grown.save_pretrained(tmp_path / "grown")  # an export reloads with the stage's RoPE and length
+    reloaded = LWMForCausalLM.from_pretrained(tmp_path / "grown")
+    assert reloaded.config.max_position_embeddings == 256
+    assert torch.equal(reloaded.model.rotary_emb.inv_freq, after)
