@@ -59,8 +59,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "trained length (default 2 4; --quick none; give no N for none)")
     parser.add_argument("--needle-seeds", type=int, default=None,
                         help=f"needle examples per length and depth (default {FULL.needle_seeds}; --quick {QUICK.needle_seeds})")
-    parser.add_argument("--rope-scaling", nargs="+", default=["none", "ntk"], choices=["none", "ntk", "linear"],
-                        help="how RoPE is stretched beyond the trained length (default: none ntk)")
+    parser.add_argument("--rope-scaling", nargs="+", default=["none", "ntk"], choices=["none", "ntk", "linear", "yarn"],
+                        help="how RoPE is stretched beyond the trained length: as trained, NTK-aware θ, position "
+                        "interpolation, or YaRN keeping the frequencies read within the trained length "
+                        "(default: none ntk)")
     parser.add_argument("--ring", action=argparse.BooleanOptionalAction, default=None,
                         help="also run the needles at 1x across 2 ring ranks on gloo (default: on; --quick off)")
     parser.add_argument("--bars", default=None, metavar="FILE.json",

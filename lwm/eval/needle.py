@@ -14,7 +14,11 @@ it, by the factor s = length / trained length:
 - "none": the trained θ;
 - "ntk": NTK-aware θ scaling, θ' = θ · s^(d / (d - 2)) (d the head size): low frequencies stretch by
   about s, the highest stay as they are;
-- "linear": position interpolation, positions divided by s (transformers' "linear" rope type).
+- "linear": position interpolation, positions divided by s (transformers' "linear" rope type);
+- "yarn": YaRN (transformers' "yarn" rope type) as the long-context recipe trains it
+  (docs/bundled-model.md, "Long context"): the frequencies that turn fewer than once over the trained
+  length slowed by s, those that turn at least twice kept, the attention temperature kept; a model
+  already grown with YaRN is stretched s times further from its first length.
 
 Within the trained length every scaling is the trained RoPE, so it is measured once. The multi-needle
 variants (as RULER's) hide 2-4 needles in one haystack and ask for the one at each depth, or for all of
@@ -41,7 +45,9 @@ from lwm.generation import GREEDY, TextOnlyLogitsProcessor, iter_tokens
 from lwm.parallel import SequenceParallel, free_local_port
 from lwm.world import needles, split_seeds
 
-ROPE_SCALINGS: tuple[str, ...] = ("none", "ntk", "linear")
+ROPE_SCALINGS: tuple[str, ...] = ("none", "ntk", "linear", "yarn")
+# YaRN that keeps what a model reads within its trained length (configs/train/bundled-long.yaml)
+YARN_KEEPING_TRAINED = {"beta_fast": 2.0, "beta_slow": 1.0, "attention_factor": 1.0}
 RING_RANKS = 2
 
 
@@ -115,14 +121,19 @@ class Setting:
         return (self.ranks, self.needles, self.asks_all)
 
 
-def scaled_rope(rope: dict, scaling: str, factor: float, head_dim: int) -> dict:
-    """transformers rope parameters stretched by `factor` (see the module docstring)."""
+def scaled_rope(rope: dict, scaling: str, factor: float, head_dim: int, trained_length: int) -> dict:
+    """transformers rope parameters stretched by `factor` beyond `trained_length` (see the module docstring)."""
     if factor == 1 or scaling == "none":
         return dict(rope)
     if scaling == "ntk":
         return {**rope, "rope_theta": rope["rope_theta"] * factor ** (head_dim / (head_dim - 2))}
     if scaling == "linear":
         return {**rope, "rope_type": "linear", "factor": float(factor)}
+    if scaling == "yarn":
+        if rope.get("rope_type") == "yarn":
+            return {**rope, "factor": rope["factor"] * factor}
+        return {**rope, "rope_type": "yarn", "factor": float(factor), "original_max_position_embeddings": trained_length,
+                **YARN_KEEPING_TRAINED}
     raise ValueError(f"unknown RoPE scaling {scaling!r}; expected one of {', '.join(ROPE_SCALINGS)}")
 
 
@@ -236,7 +247,7 @@ def evaluate_needle(model, processor, config: NeedleEvalConfig, model_dir: str |
     base_rope = dict(model.config.rope_parameters)
 
     def rope_of(row: Setting) -> dict:
-        return scaled_rope(base_rope, row.scaling or "none", config.stretch(row.multiple), head_dim)
+        return scaled_rope(base_rope, row.scaling or "none", config.stretch(row.multiple), head_dim, config.trained_length)
 
     replies: dict[Setting, list[str]] = {}
     for row in tqdm([row for row in rows if row.ranks == 1], desc="needles", disable=not progress):

@@ -198,16 +198,32 @@ def test_the_clips_can_start_at_another_held_out_seed():
 
 def test_scaled_rope():
     rope = {"rope_type": "default", "rope_theta": 1e4}
-    assert needle.scaled_rope(rope, "ntk", 1, 64) == rope
-    assert needle.scaled_rope(rope, "none", 4, 64) == rope
-    assert math.isclose(needle.scaled_rope(rope, "ntk", 4, 64)["rope_theta"], 1e4 * 4 ** (64 / 62))
-    assert needle.scaled_rope(rope, "linear", 2, 64) == {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}
+    assert needle.scaled_rope(rope, "ntk", 1, 64, 256) == rope
+    assert needle.scaled_rope(rope, "none", 4, 64, 256) == rope
+    assert math.isclose(needle.scaled_rope(rope, "ntk", 4, 64, 256)["rope_theta"], 1e4 * 4 ** (64 / 62))
+    assert needle.scaled_rope(rope, "linear", 2, 64, 256) == {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}
+    yarn = needle.scaled_rope(rope, "yarn", 4, 64, 256)
+    assert (yarn["rope_type"], yarn["factor"], yarn["original_max_position_embeddings"]) == ("yarn", 4.0, 256)
+    # a model grown with YaRN from 256 tokens to 4x is stretched 2x further from the same first length
+    assert needle.scaled_rope(yarn, "yarn", 2, 64, 1024) == {**yarn, "factor": 8.0}
+
+
+def test_yarn_keeps_the_frequencies_that_turn_within_the_trained_length(tiny_model):
+    lwm = tiny_model
+    before = lwm.model.model.rotary_emb.inv_freq.clone()
+    rope = needle.scaled_rope(dict(lwm.model.config.rope_parameters), "yarn", 4, lwm.model.config.head_dim, 256)
+    with needle.rope_parameters(lwm.model, rope):
+        after = lwm.model.model.rotary_emb.inv_freq
+        turns = 256 * before / (2 * torch.pi)
+        assert torch.equal(after[turns >= 2], before[turns >= 2]) and (turns >= 2).any()
+        assert torch.allclose(after[turns <= 1], before[turns <= 1] / 4) and (turns <= 1).any()
+        assert lwm.model.model.rotary_emb.attention_scaling == 1.0
 
 
 def test_rope_parameters_change_and_restore(tiny_model):
     lwm = tiny_model
     before = lwm.model.model.rotary_emb.inv_freq.clone()
-    rope = needle.scaled_rope(dict(lwm.model.config.rope_parameters), "linear", 2, lwm.model.config.head_dim)
+    rope = needle.scaled_rope(dict(lwm.model.config.rope_parameters), "linear", 2, lwm.model.config.head_dim, 256)
     with needle.rope_parameters(lwm.model, rope):
         assert torch.allclose(lwm.model.model.rotary_emb.inv_freq, before / 2)
     assert torch.equal(lwm.model.model.rotary_emb.inv_freq, before)
