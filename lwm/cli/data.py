@@ -49,6 +49,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="how haystack lengths are drawn between SHORTEST and LONGEST: uniformly (default) or "
                             "log-uniformly, which gives short haystacks, where the copy is learnt first, a larger "
                             "share")
+    world.add_argument("--needle-depths", type=float, nargs=2, default=(0.0, 1.0), metavar=("SHALLOWEST", "DEEPEST"),
+                       help="where in its haystack a needle is hidden, drawn uniformly between these fractions "
+                            "(0: the start; default: 0 1); shallow needles in long haystacks train the longest "
+                            "distances")
     world.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -93,7 +97,7 @@ def _run_world(args: argparse.Namespace) -> int:
                                        tasks=tuple(args.tasks or DEFAULT_TASKS), progress=not args.no_progress,
                                        workers=args.workers, needles=args.needles,
                                        needle_chars=tuple(args.needle_chars), needle_spread=args.needle_spread,
-                                       qa_types=tuple(args.qa_types or QUESTION_TYPES))
+                                       needle_depths=tuple(args.needle_depths), qa_types=tuple(args.qa_types or QUESTION_TYPES))
     except ValueError as error:
         print(f"lwm data world: {error}", file=sys.stderr)
         return 2

@@ -117,7 +117,8 @@ def world_records(clip: Clip, files: dict[str, str], tasks: tuple[str, ...] = DE
 def write_world_dataset(out_dir: str | Path, seeds, config: WorldConfig = WorldConfig(),
                         tasks: tuple[str, ...] = DEFAULT_TASKS, fps: float = 8.0, progress: bool = True,
                         workers: int = 1, needles: int = 0, needle_chars: tuple[int, int] = (200, 12000),
-                        needle_spread: NeedleSpread = "uniform", qa_types: tuple[str, ...] = QUESTION_TYPES) -> Path:
+                        needle_spread: NeedleSpread = "uniform", needle_depths: tuple[float, float] = (0.0, 1.0),
+                        qa_types: tuple[str, ...] = QUESTION_TYPES) -> Path:
     """Render the clips of `seeds` under `out_dir` with their files (see `clip_files`) and write
     `out_dir/manifest.jsonl`, one JSON record per line (see `world_records`); returns its path.
 
@@ -138,7 +139,7 @@ def write_world_dataset(out_dir: str | Path, seeds, config: WorldConfig = WorldC
     for folder in ("clips", "images", "openings", "continuation"):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     # first: bad settings fail before any rendering
-    needle_examples = needle_records(needles, needle_chars, needle_spread)
+    needle_examples = needle_records(needles, needle_chars, needle_spread, needle_depths)
     seeds = list(seeds)
     render_one = partial(_write_clip, out_dir=out_dir, config=config, tasks=tasks, fps=fps, qa_types=qa_types)
     manifest = out_dir / "manifest.jsonl"
@@ -156,14 +157,18 @@ NeedleSpread = Literal["uniform", "log"]
 
 
 def needle_records(count: int, chars: tuple[int, int], spread: NeedleSpread = "uniform",
-                   seeds: range | None = None) -> list[dict]:
-    """`count` needle-retrieval records (lwm.world.needles) at training seeds: one needle at a uniform depth
-    in a haystack whose length in characters is drawn from `chars` uniformly or log-uniformly (`spread`;
-    "log" gives the short haystacks, where a model first learns to copy, a larger share). The tokenizer
-    does not exist yet when the world is written; its tokens per character decide the lengths in tokens."""
+                   depths: tuple[float, float] = (0.0, 1.0), seeds: range | None = None) -> list[dict]:
+    """`count` needle-retrieval records (lwm.world.needles) at training seeds: one needle at a depth drawn
+    uniformly from `depths` (0: the haystack's start) in a haystack whose length in characters is drawn
+    from `chars` uniformly or log-uniformly (`spread`; "log" gives the short haystacks, where a model first
+    learns to copy, a larger share). Shallow depths in long haystacks train the longest distances, which
+    uniform depths make rare. The tokenizer does not exist yet when the world is written; its tokens per
+    character decide the lengths in tokens."""
     low, high = chars
     if count < 0 or not 0 < low <= high:
         raise ValueError(f"need count >= 0 and 0 < shortest <= longest haystack, got {count} and {chars}")
+    if not 0 <= depths[0] <= depths[1] <= 1:
+        raise ValueError(f"needle depths must satisfy 0 <= shallowest <= deepest <= 1, got {depths}")
     if spread not in ("uniform", "log"):
         raise ValueError(f"needle spread must be 'uniform' or 'log', got {spread!r}")
     seeds = split_seeds("train", count) if seeds is None else seeds
@@ -174,7 +179,7 @@ def needle_records(count: int, chars: tuple[int, int], spread: NeedleSpread = "u
             length = int(rng.integers(low, high + 1))
         else:
             length = int(np.exp(rng.uniform(np.log(low), np.log(high))))
-        example = needles.make_example(length, float(rng.uniform()), seed)
+        example = needles.make_example(length, float(rng.uniform(*depths)), seed)
         records.append(example.to_record())
     return records
 

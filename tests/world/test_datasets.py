@@ -141,3 +141,19 @@ def test_log_spread_needles_give_short_haystacks_a_larger_share():
     assert np.array_equal(lengths("uniform"), uniform)
     with pytest.raises(ValueError, match="spread"):
         world.needle_records(2, (100, 200), "normal")
+
+
+def test_needle_depths_put_the_needles_where_asked():
+    def where(depths):  # each needle's place in its haystack, as a fraction of the haystack's length
+        places = []
+        for record in world.needle_records(200, (2000, 4000), depths=depths):
+            context, question = record["messages"][0]["content"][0]["text"].rsplit("\n\n", 1)
+            key = question.removeprefix("What is the special magic number for ").removesuffix("?")
+            places.append(context.index(f"The special magic number for {key}") / len(context))
+        return np.array(places)
+
+    everywhere, shallow = where((0.0, 1.0)), where((0.0, 0.2))
+    assert everywhere.max() > 0.8 and shallow.max() < 0.25  # a sentence's length of slack
+    assert shallow.min() < 0.05 and everywhere.mean() > 2 * shallow.mean()
+    with pytest.raises(ValueError, match="depths"):
+        world.needle_records(2, (100, 200), depths=(0.5, 0.2))
