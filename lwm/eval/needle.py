@@ -42,12 +42,14 @@ import torch
 from tqdm import tqdm
 
 from lwm.generation import GREEDY, TextOnlyLogitsProcessor, iter_tokens
+from lwm.model import yarn_rope
 from lwm.parallel import SequenceParallel, free_local_port
 from lwm.world import needles, split_seeds
 
 ROPE_SCALINGS: tuple[str, ...] = ("none", "ntk", "linear", "yarn")
-# YaRN that keeps what a model reads within its trained length (configs/train/bundled-long.yaml)
-YARN_KEEPING_TRAINED = {"beta_fast": 2.0, "beta_slow": 1.0, "attention_factor": 1.0}
+# YaRN that keeps what a model reads within its trained length (configs/train/bundled-long.yaml):
+# beta_fast, beta_slow, attention_factor
+YARN_KEEPING_TRAINED = (2.0, 1.0, 1.0)
 RING_RANKS = 2
 
 
@@ -132,8 +134,7 @@ def scaled_rope(rope: dict, scaling: str, factor: float, head_dim: int, trained_
     if scaling == "yarn":
         if rope.get("rope_type") == "yarn":
             return {**rope, "factor": rope["factor"] * factor}
-        return {**rope, "rope_type": "yarn", "factor": float(factor), "original_max_position_embeddings": trained_length,
-                **YARN_KEEPING_TRAINED}
+        return yarn_rope(rope["rope_theta"], factor, trained_length, *YARN_KEEPING_TRAINED)
     raise ValueError(f"unknown RoPE scaling {scaling!r}; expected one of {', '.join(ROPE_SCALINGS)}")
 
 
@@ -141,17 +142,11 @@ def scaled_rope(rope: dict, scaling: str, factor: float, head_dim: int, trained_
 def rope_parameters(model, rope: dict):
     """Runs the model with these rope parameters, then restores its own."""
     saved = dict(model.config.rope_parameters)
-    _set_rope(model, rope)
+    model.set_rope(rope)
     try:
         yield
     finally:
-        _set_rope(model, saved)
-
-
-def _set_rope(model, rope: dict) -> None:
-    model.config.rope_parameters = dict(rope)
-    rotary = model.model.rotary_emb
-    model.model.rotary_emb = type(rotary)(config=model.config).to(rotary.inv_freq.device)
+        model.set_rope(saved)
 
 
 def prompt_ids(processor, example: needles.NeedleExample) -> list[int]:

@@ -151,11 +151,10 @@ class FrameStructureLogitsProcessor(LogitsProcessor):
         if bool((num_frames < 1).any()):
             raise ValueError(f"num_frames must be at least 1, got {num_frames.tolist()}")
         self.layout = layout
-        self.num_frames = num_frames
-        self.vision_start = torch.as_tensor(vision_start)
-        # (vision_start, num_frames) of each row, or one pair for all, read once: `next_head` runs every step.
-        starts, frames = torch.broadcast_tensors(self.vision_start.reshape(-1), num_frames.reshape(-1))
-        self.blocks = sorted(set(zip(starts.tolist(), frames.tolist())))
+        # (vision_start, num_frames) of each row, or one pair for all, read once: this runs every step.
+        starts, frames = torch.broadcast_tensors(torch.as_tensor(vision_start).reshape(-1), num_frames.reshape(-1))
+        self.rows = list(zip(starts.tolist(), frames.tolist()))
+        self.blocks = sorted(set(self.rows))
 
     def next_head(self, input_ids: torch.LongTensor) -> Literal["text", "vision"] | None:
         """"vision" while every row is inside its block (codes and delimiters are vision ids), "text" once
@@ -167,25 +166,15 @@ class FrameStructureLogitsProcessor(LogitsProcessor):
         return heads.pop() if len(heads) == 1 else None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if len(self.blocks) == 1:  # every row at the same stage: its interval in plain numbers, at every step
-            ((start, frames),) = self.blocks
-            return keep_interval(scores, *self._interval(input_ids.shape[1] - start, frames, scores.shape[-1]))
-        layout, device = self.layout, scores.device
-        done = input_ids.shape[1] - self.vision_start.to(device).expand(input_ids.shape[0])  # block ids so far
-        num_frames = self.num_frames.to(device).expand_as(done)
-        frame, position = done.div(layout.frame_length, rounding_mode="floor"), done % layout.frame_length
-
-        delimiter = torch.where(frame == num_frames - 1, layout.eov_token_id, layout.eof_token_id)
-        in_codes = position < layout.codes_per_frame
-        low = torch.where(in_codes, layout.first_code_id, delimiter)
-        high = torch.where(in_codes, layout.first_code_id + layout.num_codes, delimiter + 1)
-        before, after = done < 0, frame >= num_frames
-        low = torch.where(before | after, 0, low)
-        high = torch.where(before, scores.shape[-1], torch.where(after, layout.text_vocab_size, high))
-        return keep_interval(scores, low, high)
+        rows = self.blocks if len(self.blocks) == 1 else self.rows  # one interval for all rows, or one per row
+        intervals = [self._interval(input_ids.shape[1] - start, frames, scores.shape[-1]) for start, frames in rows]
+        if len(intervals) == 1:
+            return keep_interval(scores, *intervals[0])
+        low, high = zip(*intervals)
+        return keep_interval(scores, list(low), list(high))
 
     def _interval(self, done: int, frames: int, vocabulary: int) -> tuple[int, int]:
-        """The ids allowed after `done` ids of a block of `frames` frames (the rows' rule above, for one row)."""
+        """[low, high): the ids allowed after `done` ids of a block of `frames` frames (the rule above)."""
         layout = self.layout
         frame, position = divmod(done, layout.frame_length)
         if done < 0:

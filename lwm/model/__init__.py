@@ -3,7 +3,7 @@ head), its loss and its targets. Importing it registers both with transformers' 
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from lwm.model.configuration_lwm import LWMConfig
+from lwm.model.configuration_lwm import LWMConfig, yarn_rope
 from lwm.model.loss import lwm_loss
 from lwm.model.modeling_lwm import LWMForCausalLM, vision_grid_ids_of
 from lwm.model.targets import IGNORE_INDEX, modality_weights, next_token_targets
@@ -19,4 +19,5 @@ __all__ = [
     "modality_weights",
     "next_token_targets",
     "vision_grid_ids_of",
+    "yarn_rope",
 ]

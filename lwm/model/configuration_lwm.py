@@ -74,3 +74,12 @@ class LWMConfig(LlamaConfig):
         """A named configuration from lwm/presets/models/, e.g. "lwm-7b" or "tiny", or a path to such a JSON
         file; keywords override fields."""
         return cls(**{**read_preset("models", name), **overrides})
+
+
+def yarn_rope(rope_theta: float, factor: float, original_length: int, beta_fast: float, beta_slow: float,
+              attention_factor: float | None) -> dict:
+    """transformers' "yarn" rope parameters: RoPE at `rope_theta` stretched `factor` times beyond
+    `original_length` (docs/training.md, "Stages"); `attention_factor` None is YaRN's 0.1 ln(factor) + 1."""
+    rope = {"rope_type": "yarn", "rope_theta": rope_theta, "factor": float(factor),
+            "original_max_position_embeddings": original_length, "beta_fast": beta_fast, "beta_slow": beta_slow}
+    return rope if attention_factor is None else {**rope, "attention_factor": attention_factor}

@@ -115,6 +115,12 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
         for table in (self.vision_embed_tokens.weight, self.vision_head.weight):
             table[:codes] = rows.to(table.dtype).to(table.device)
 
+    def set_rope(self, rope_parameters: dict) -> None:
+        """Run with these transformers rope parameters from now on: the rotary tables are rebuilt where they live."""
+        self.config.rope_parameters = dict(rope_parameters)
+        rotary = self.model.rotary_emb
+        self.model.rotary_emb = type(rotary)(config=self.config).to(rotary.inv_freq.device)
+
     def get_input_embeddings(self):
         return self.model.embed_tokens
 

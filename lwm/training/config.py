@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
+from lwm.model import yarn_rope
 from lwm.parallel import check_length
 
 
@@ -109,12 +110,9 @@ class StageConfig:
         """The stage's RoPE as transformers' `rope_parameters`."""
         if self.yarn is None:
             return {"rope_type": "default", "rope_theta": self.rope_theta}
-        yarn = {"rope_type": "yarn", "rope_theta": self.rope_theta, "factor": self.seq_len / self.yarn.original_length,
-                "original_max_position_embeddings": self.yarn.original_length,
-                "beta_fast": self.yarn.beta_fast, "beta_slow": self.yarn.beta_slow}
-        if self.yarn.attention_factor is not None:
-            yarn["attention_factor"] = self.yarn.attention_factor
-        return yarn
+        yarn = self.yarn
+        return yarn_rope(self.rope_theta, self.seq_len / yarn.original_length, yarn.original_length,
+                         yarn.beta_fast, yarn.beta_slow, yarn.attention_factor)
 
 
 @dataclass

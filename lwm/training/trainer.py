@@ -107,7 +107,7 @@ def build_model(config: TrainConfig, stage: StageConfig, mesh: Mesh, start_from:
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     if Path(source, "config.json").is_file():
         model = LWMForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation=attention, **grid)
-        _set_rope(model, stage.rope_parameters())
+        model.set_rope(stage.rope_parameters())  # the stage's RoPE, not the one the model was saved with
     elif source in LWMConfig.preset_names() or source.endswith(".json"):
         model = LWMForCausalLM(
             LWMConfig.from_preset(source, rope_parameters=stage.rope_parameters(), attn_implementation=attention, **grid)
@@ -154,15 +154,6 @@ def load_processor(config: TrainConfig):
         raise ConfigError(f"processor: {error}") from None
     return LWMProcessor(tokenizer, vqgan, max_frames=config.processor.max_frames,
                         single_turn=config.processor.single_turn)
-
-
-def _set_rope(model: LWMForCausalLM, rope: dict) -> None:
-    """A loaded model trains with the stage's RoPE, not the one it was saved with: set it and rebuild the
-    rotary tables."""
-    if model.config.rope_parameters == rope:
-        return
-    model.config.rope_parameters = rope
-    model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config)
 
 
 def freeze(model: torch.nn.Module, trainable: list[str]) -> None:

@@ -22,19 +22,21 @@ from lwm.api import LWM
 from lwm.eval.world import WorldEvalConfig, continuation_case, held_out_clips
 from lwm.generation import sampling
 from lwm.generation.logits_process import FrameLayout
+from lwm.model import LWMConfig
+from lwm.tokenizers import LWMProcessor
 from lwm.world.scene import BACKGROUND
 
 
-def background_code(lwm) -> int:
+def background_code(processor) -> int:
     plain = np.broadcast_to(np.array(BACKGROUND, np.uint8), (1, 64, 64, 3)).copy()
-    return int(lwm.processor.encode_media({"type": "video", "frames": plain})[0, 0, 0])
+    return int(processor.encode_media({"type": "video", "frames": plain})[0, 0, 0])
 
 
 @torch.no_grad()
 def probe(model_dir: str) -> None:
     lwm = LWM.from_pretrained(model_dir)
     layout = FrameLayout.from_config(lwm.model.config, lwm.processor.codes_per_frame)
-    background = background_code(lwm)
+    background = background_code(lwm.processor)
     rows = []  # (P(background), P(true), rank of true, first object code of the frame, argmax is background)
     for clip in held_out_clips(10, 50000):
         context, future = continuation_case(clip, WorldEvalConfig())
@@ -63,9 +65,9 @@ def probe(model_dir: str) -> None:
 def draw(model_dir: str, out: str, rule: str, eval_options: list[str]) -> int:
     from lwm.cli.main import main
 
-    lwm = LWM.from_pretrained(model_dir)
-    background, first_code = background_code(lwm), lwm.model.config.vocab_size
-    num_codes = lwm.processor.vqgan.codebook_size
+    processor = LWMProcessor.from_pretrained(model_dir)  # `lwm eval` loads the model itself
+    background, first_code = background_code(processor), LWMConfig.from_pretrained(model_dir).vocab_size
+    num_codes = processor.vqgan.codebook_size
     spans, plain_choose, plain_span = {}, sampling.choose, sampling.allowed_span
 
     def allowed_span(scores):
