@@ -394,10 +394,12 @@ class LWM:
         """The next `num_frames` frames after a video (or an image): the world-model rollout.
 
         The model reads the given frames (at most `max_frames`, spread uniformly over the clip as in
-        training). Without `prompt` it is asked as it is trained, in a chat turn
-        (`USER: Continue the video.<vision>frames</vision> ASSISTANT: <vision>`) and draws a new
-        vision block; with `prompt`, the frames open the vision block of LWM's video prompt for it
-        and the model goes on drawing in that block. Returns the new frames only, at the input's fps
+        training). Without `prompt` it is asked as its drawing config says
+        (`self.drawing.continuation_procedure`): in a chat turn (`USER: Continue the
+        video.<vision>frames</vision> ASSISTANT: <vision>`) where it draws a new vision block, or in
+        the request's own block (`USER: Continue the video.<vision>frames`, then more frames); with
+        `prompt`, the frames open the vision block of LWM's video prompt for it and the model goes on
+        drawing in that block. Returns the new frames only, at the input's fps
         when it is a `Video`. Settings left at None are the model's (`self.drawing.continuation`).
         """
         if num_frames < 1:
@@ -409,7 +411,7 @@ class LWM:
         sampling = with_settings(self.drawing.continuation, temperature, top_k, 1.0)
         if prompt is None:
             new_codes = self.continue_codes(codes, num_frames, sampling, seed=seed, progress=progress)
-            return Video(self._decode_codes(new_codes), fps)
+            return Video(self._decode_codes(new_codes, context=codes), fps)
         prompt_ids = self.processor.generation_prompt(prompt, "video")["input_ids"]
         self._check_fits(len(prompt_ids) + self._frame_tokens(len(codes)), self._frame_tokens(num_frames))
         with self._progress(self._frame_tokens(num_frames), "continuing", progress):
@@ -421,14 +423,21 @@ class LWM:
                 sampling=sampling,
                 generator=self._generator(seed),
             )
-        return Video(self._decode_codes(new_codes), fps)
+        return Video(self._decode_codes(new_codes, context=codes), fps)
 
     def continuation_prompt(self, codes: torch.Tensor) -> torch.LongTensor:
-        """The chat turn a continuation is trained on, `USER: Continue the video.<vision>frames</vision>
-        ASSISTANT: <vision>`, for the codes `[frames, h, w]` of the given video."""
+        """The ids after which the model draws the frames that follow the video of `codes` `[frames, h, w]`,
+        by `self.drawing.continuation_procedure`: the chat turn a continuation is trained on, `USER:
+        Continue the video.<vision>frames</vision> ASSISTANT: <vision>`, or (in_block) the request with
+        its frames left open, `USER: Continue the video.<vision>frames`, each frame closed by `<eof>`."""
         request = [{"role": "user", "content": [{"type": "text", "text": CONTINUATION_REQUEST},
                                                 {"type": "video", "codes": codes}]}]
-        return self.processor.apply_chat_template(request, add_generation_prompt=True, generation_mode="vision")["input_ids"]
+        ids = self.processor.apply_chat_template(request, add_generation_prompt=True, generation_mode="vision")["input_ids"]
+        if self.drawing.continuation_procedure == "chat":
+            return ids
+        block_start = int(torch.nonzero(ids >= self.processor.text_vocab_size)[0])
+        frames = len(codes) * (self.processor.codes_per_frame + 1)
+        return torch.cat([ids[:block_start + frames - 1], torch.tensor([self.processor.eof_token_id])])
 
     def continue_codes(self, codes: torch.Tensor, num_frames: int, sampling: SamplingConfig, *,
                        seed: int | None = None, progress: bool = False) -> torch.LongTensor:
@@ -473,11 +482,13 @@ class LWM:
             parts.append(part)
         return {**message, "content": parts}
 
-    def _decode_codes(self, codes: torch.Tensor) -> np.ndarray:
+    def _decode_codes(self, codes: torch.Tensor, context: torch.Tensor | None = None) -> np.ndarray:
+        """Codes `[T, h, w]` -> uint8 frames; `context`: the codes of the video they continue."""
         vqgan = self.processor.vqgan
         parameter = next(vqgan.parameters(), None)
         device = parameter.device if parameter is not None else codes.device
-        return media.to_uint8(vqgan.decode_video(codes.to(device)))
+        context = None if context is None else context.to(device)
+        return media.to_uint8(vqgan.decode_video(codes.to(device), context=context))
 
     # ------------------------------------------------------------------ helpers
 

@@ -129,7 +129,7 @@ def _resolve_messages(messages, number: int, root: Path) -> list[dict]:
                 source = part.get(kind, part.get("path"))
                 if not isinstance(source, str):
                     raise ManifestError(f"line {number}: message {index} {kind} part needs a path under {kind!r} or 'path'")
-                part = {"type": kind, "path": str(root / source)}
+                part = {"type": kind, "path": str(root / source)} | ({"continues": True} if part.get("continues") else {})
             parts.append(part)
         resolved.append({**message, "content": parts})
     return resolved

@@ -153,11 +153,17 @@ def examples_of(record: Record, processor: LWMProcessor, codes_cache: dict) -> l
     if record.kind == "text":
         return [processor.text_example(record.data["text"])]
     if record.kind == "messages":
-        messages = [
-            {**message, "content": [_with_codes(part, processor, codes_cache) for part in message["content"]]}
-            if isinstance(message["content"], list) else message
-            for message in record.data["messages"]
-        ]
+        messages, previous_video = [], None
+        for message in record.data["messages"]:
+            if not isinstance(message["content"], list):
+                messages.append(message)
+                continue
+            content = []
+            for part in message["content"]:
+                context = previous_video if part.get("type") == "video" and part.get("continues") else None
+                content.append(_with_codes(part, processor, codes_cache, context))
+                previous_video = part if part.get("type") == "video" else previous_video
+            messages.append({**message, "content": content})
         return [processor.apply_chat_template(messages)]
     part = _with_codes({"type": record.kind, "path": record.data[record.kind]}, processor, codes_cache)
     direction = record.data.get("direction", "both")
@@ -167,12 +173,13 @@ def examples_of(record: Record, processor: LWMProcessor, codes_cache: dict) -> l
     return {"both": [understanding, generation], "understanding": [understanding], "generation": [generation]}[direction]
 
 
-def _with_codes(part: dict, processor: LWMProcessor, codes_cache: dict) -> dict:
+def _with_codes(part: dict, processor: LWMProcessor, codes_cache: dict, context: dict | None = None) -> dict:
+    """The part with its codes (`context`: the video part it continues, as in `LWMProcessor.encode_media`)."""
     if part["type"] == "text":
         return part
-    key = (part["type"], part["path"])
+    key = (part["type"], part["path"], None if context is None else context["path"])
     if key not in codes_cache:
-        codes_cache[key] = processor.encode_media(part)
+        codes_cache[key] = processor.encode_media(part, context)
     return {"type": part["type"], "codes": codes_cache[key]}
 
 

@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from lwm import media, world
-from lwm.eval.reconstruction import evaluate_reconstruction
+from lwm.eval.reconstruction import evaluate_reconstruction, psnr
 from lwm.generation import FrameLayout
 from lwm.tokenizers import CAPTION_REQUESTS
 from lwm.world import judge
@@ -127,8 +127,9 @@ class LWMSubject:
     def teacher_forced(self, frames: np.ndarray, future: np.ndarray) -> np.ndarray:
         """The continuation the model predicts given the true past at every code (`teacher_forced_codes`), decoded."""
         given = torch.from_numpy(self._encoded(frames)["codes"])
-        truth = torch.from_numpy(self.lwm.processor.encode_media({"type": "video", "frames": future}))
-        return self.lwm._decode_codes(teacher_forced_codes(self.lwm, given, truth))
+        truth = torch.from_numpy(self.lwm.processor.encode_media({"type": "video", "frames": future},
+                                                                   {"type": "video", "frames": frames}))
+        return self.lwm._decode_codes(teacher_forced_codes(self.lwm, given, truth), context=given)
 
 
 @torch.no_grad()
@@ -368,6 +369,14 @@ def evaluate_tokenizer(vqgan, clips: list[world.Clip], batch_size: int = 32, pro
     measured = evaluate_reconstruction(vqgan, pixels, batch_size, progress, [clip.n_frames for clip in clips])
     metrics = {key: measured[key] for key in ("psnr", "codebook_usage", "perplexity", "ssim", "code_stability")
                if measured[key] is not None}
+    if vqgan.config.motion_max_shift:  # what a decoder reads and draws: each clip told from its first frame
+        told, moved = [], []
+        for clip, frames in zip(clips, pixels.split([clip.n_frames for clip in clips])):
+            tokens = vqgan.encode_video(frames)
+            told.append(vqgan.decode_video(tokens))
+            moved.append((tokens[1:] >= vqgan.codebook_size).double().mean().item())
+        metrics["motion.psnr"] = psnr(pixels, torch.cat(told))
+        metrics["motion.moved_patches"] = float(np.mean(moved))
     return TaskResult({"metrics": metrics, "frames": len(pixels), "resolution": vqgan.config.resolution,
                        "seeds": [clip.seed for clip in clips]})
 

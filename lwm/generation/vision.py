@@ -35,6 +35,7 @@ IMAGE_SAMPLING = SamplingConfig(temperature=1.0, top_k=8192, guidance_scale=5.0)
 VIDEO_SAMPLING = SamplingConfig(temperature=1.0, top_k=1000, guidance_scale=1.0)
 DRAWING_CONFIG_NAME = "drawing_config.json"
 VideoProcedure = Literal["lwm", "single_pass"]
+ContinuationProcedure = Literal["chat", "in_block"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,10 @@ class DrawingConfig:
 
     video_procedure: "lwm" draws a video's first frame from the image prompt with `video_first_frame`
     (LWM's two passes), "single_pass" draws every frame from the video prompt.
+    continuation_procedure: "chat" asks for a continuation as it is trained, in a chat turn whose reply
+    is a new vision block; "in_block" lets the given frames open the vision block of the request and
+    draws the next frames in that block, as every video trained frame by frame is read (a model with
+    motion codes continues best so: its frames are told from the frame before, docs/world-dynamics.md).
     """
 
     image: SamplingConfig = IMAGE_SAMPLING
@@ -52,11 +57,14 @@ class DrawingConfig:
     video_first_frame: SamplingConfig = IMAGE_SAMPLING
     video: SamplingConfig = VIDEO_SAMPLING
     continuation: SamplingConfig = VIDEO_SAMPLING
+    continuation_procedure: ContinuationProcedure = "chat"
     video_frames: int = 8  # frames of a drawn video when the caller names none
 
     def __post_init__(self):
         if self.video_procedure not in ("lwm", "single_pass"):
             raise ValueError(f"video_procedure must be 'lwm' or 'single_pass', got {self.video_procedure!r}")
+        if self.continuation_procedure not in ("chat", "in_block"):
+            raise ValueError(f"continuation_procedure must be 'chat' or 'in_block', got {self.continuation_procedure!r}")
         if self.video_frames < 1:
             raise ValueError(f"video_frames must be at least 1, got {self.video_frames}")
 

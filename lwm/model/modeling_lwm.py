@@ -101,12 +101,14 @@ class LWMForCausalLM(LWMPreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def init_codes_from(self, vectors: torch.Tensor, seed: int = 0) -> None:
         """Start the codes' rows of the vision table and head from the tokenizer's code vectors
-        `[num_vision_codes, D]` (VQGAN.code_vectors): standardised, mapped into the hidden size by a
+        `[codebook_size, D]` (VQGAN.code_vectors): standardised, mapped into the hidden size by a
         fixed random orthogonal projection and scaled to the initial weights' spread, so that codes
-        that draw alike start alike instead of as unrelated random rows."""
-        codes, hidden = self.config.num_vision_codes, self.config.hidden_size
-        if vectors.shape[0] != codes or vectors.shape[1] > hidden:
-            raise ValueError(f"expected {codes} code vectors of at most {hidden} dims, got {tuple(vectors.shape)}")
+        that draw alike start alike instead of as unrelated random rows. Vision ids after the codebook
+        (motion tokens) keep their random rows."""
+        codes, hidden = len(vectors), self.config.hidden_size
+        if codes > self.config.num_vision_codes or vectors.shape[1] > hidden:
+            raise ValueError(f"expected at most {self.config.num_vision_codes} code vectors of at most {hidden} dims, "
+                             f"got {tuple(vectors.shape)}")
         standardised = (vectors - vectors.mean(0)) / vectors.std(0).clamp(min=1e-6)
         generator = torch.Generator().manual_seed(seed)
         projection, _ = torch.linalg.qr(torch.randn(hidden, vectors.shape[1], generator=generator))

@@ -42,6 +42,12 @@ class VQGANConfig:
     # images and videos share the codes. The per-frame features of a group are mixed by a 1x1
     # convolution, so a local encoder stays local. 1: every frame its own grid (LWM).
     temporal_compression: int = 1
+    # m > 0: a video's frames after its first are told as motion where they can be (lwm.tokenizers.motion,
+    # a codec's P-frames): a patch is "the patch (dy, dx) away in the frame before", |dy|, |dx| <= m, when
+    # that reproduces it within `motion_tolerance` (mean absolute error in [-1, 1] pixels), else its code.
+    # The (2m + 1)² motion tokens follow the codebook's codes. 0: every frame its own codes (LWM).
+    motion_max_shift: int = 0
+    motion_tolerance: float = 0.01
 
     # quantizer: "vq" (vector-quantize-pytorch VectorQuantize), "fsq" or "lfq"
     quantizer: str = "vq"
@@ -63,6 +69,11 @@ class VQGANConfig:
                 raise ValueError(f"channel count {width} is not divisible by norm_groups={self.norm_groups}")
         if self.temporal_compression < 1:
             raise ValueError(f"temporal_compression must be at least 1, got {self.temporal_compression}")
+        if self.motion_max_shift < 0 or self.motion_tolerance < 0:
+            raise ValueError(f"motion_max_shift and motion_tolerance must be non-negative, got "
+                             f"{self.motion_max_shift} and {self.motion_tolerance}")
+        if self.motion_max_shift and self.temporal_compression > 1:
+            raise ValueError("motion codes and temporal_compression > 1 are two ways to code time: choose one")
         if self.num_res_blocks < 1:
             raise ValueError(f"num_res_blocks must be at least 1, got {self.num_res_blocks}")
         if self.num_mid_blocks < 1:
@@ -96,6 +107,10 @@ class VQGANConfig:
     @property
     def codes_per_frame(self) -> int:
         return self.grid_size**2
+
+    @property
+    def num_motions(self) -> int:
+        return (2 * self.motion_max_shift + 1) ** 2 if self.motion_max_shift else 0
 
     # ------------------------------------------------------------------ (de)serialisation
 

@@ -24,6 +24,7 @@ from torch import nn
 from vector_quantize_pytorch import FSQ, LFQ, VectorQuantize
 
 from lwm.tokenizers.configuration_vqgan import VQGANConfig
+from lwm.tokenizers.motion import decode_motion, encode_motion
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -259,6 +260,11 @@ class VQGAN(nn.Module):
         return self.config.codebook_size
 
     @property
+    def num_tokens(self) -> int:
+        """Ids a frame's position can take: the codebook's codes, then the motion tokens (if any)."""
+        return self.config.codebook_size + self.config.num_motions
+
+    @property
     def grid_size(self) -> int:
         """Codes per side for a frame of `config.resolution`."""
         return self.config.grid_size
@@ -324,18 +330,37 @@ class VQGAN(nn.Module):
         clips = rearrange(out, "(b t) (k c) h w -> b (t k) c h w", b=frames[0], k=k)[:, k - 1 :]  # the front padding
         return clips[:, 0] if len(frames) == 1 else clips
 
-    def encode_video(self, frames: torch.Tensor, chunk_size: int = 16) -> torch.Tensor:
+    def encode_video(self, frames: torch.Tensor, chunk_size: int = 16, context: torch.Tensor | None = None) -> torch.Tensor:
         """Frames `[..., 3, H, W]` (e.g. `[T, ...]` or `[B, T, ...]`) -> codes `[..., h, w]`. With temporal
-        compression the frames are one clip `[T, ...]` (or clips `[B, T, ...]`) and the codes `[T', h, w]`."""
+        compression the frames are one clip `[T, ...]` (or clips `[B, T, ...]`) and the codes `[T', h, w]`.
+        With motion codes they are one video `[T, ...]` (or videos `[B, T, ...]`), and `context`, the
+        frames `[T0, 3, H, W]` they continue, codes their first frame as motion from its last one."""
         if frames.ndim < 4:
             raise ValueError(f"expected frames shaped [..., 3, H, W] with a leading frame dim, got {tuple(frames.shape)}")
+        if self.config.motion_max_shift:
+            before = None if context is None else context[-1]
+            return self._per_video(frames, 3, lambda video: encode_motion(self, video, before))
         return self._in_chunks(self.encode, frames, 3, chunk_size)
 
-    def decode_video(self, codes: torch.Tensor, chunk_size: int = 16) -> torch.Tensor:
-        """Codes `[..., h, w]` -> frames `[..., 3, H, W]` (the inverse of `encode_video`)."""
+    def decode_video(self, codes: torch.Tensor, chunk_size: int = 16, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes `[..., h, w]` -> frames `[..., 3, H, W]` (the inverse of `encode_video`); `context`: the
+        codes `[T0, h, w]` of the frames these continue (read by motion codes, whose frames are drawn
+        from the frame before)."""
         if codes.ndim < 3:
             raise ValueError(f"expected codes shaped [..., h, w] with a leading frame dim, got {tuple(codes.shape)}")
+        if self.config.motion_max_shift:
+            before = None if context is None else decode_motion(self, context)[-1]
+            return self._per_video(codes, 2, lambda video: decode_motion(self, video, before))
         return self._in_chunks(self.decode, codes, 2, chunk_size)
+
+    @staticmethod
+    def _per_video(tensor: torch.Tensor, frame_dims: int, step) -> torch.Tensor:
+        """`step` on each video of `tensor` (`[T, *frame]` or `[B, T, *frame]`)."""
+        if tensor.ndim == frame_dims + 1:
+            return step(tensor)
+        if tensor.ndim != frame_dims + 2:
+            raise ValueError(f"motion codes: expected one video [T, ...] or videos [B, T, ...], got {tuple(tensor.shape)}")
+        return torch.stack([step(video) for video in tensor])
 
     def _in_chunks(self, step, tensor: torch.Tensor, frame_dims: int, chunk_size: int) -> torch.Tensor:
         """`step` (encode or decode) over the frames of `tensor` (its last `frame_dims` dims are one frame),

@@ -97,7 +97,7 @@ class LWMProcessor:
         self.vqgan = vqgan
         self.config = LWMProcessorConfig(**{**asdict(config or LWMProcessorConfig()), **overrides})
         self.text_vocab_size = len(text_tokenizer)
-        self.codebook_size = int(vqgan.codebook_size)
+        self.codebook_size = int(vqgan.num_tokens)  # the VQGAN's codes and its motion tokens, if any
         self.codes_per_frame = int(vqgan.codes_per_frame)
         self.eof_token_id = self.text_vocab_size + self.codebook_size
         self.eov_token_id = self.eof_token_id + 1
@@ -121,7 +121,7 @@ class LWMProcessor:
         """
         if generation_mode not in ("text", "vision"):
             raise ValueError(f"generation_mode must be 'text' or 'vision', got {generation_mode!r}")
-        system, turns = _split_system(messages, self.config.system_prompt)
+        system, turns = _split_system(self._with_continuations(messages), self.config.system_prompt)
         _check_turn_order(turns, add_generation_prompt)
         writer = _ChunkWriter(self.encode_text)
         writer.token(self.bos_token_id, trained=False)
@@ -281,16 +281,31 @@ class LWMProcessor:
 
     # ------------------------------------------------------------------ media -> codes
 
-    def encode_media(self, part: dict) -> np.ndarray:
+    def encode_media(self, part: dict, context: dict | None = None) -> np.ndarray:
         """An image or video content part -> int64 codes `[T, h, w]` (T = 1 for an image).
 
         The part gives `codes` (pre-computed, `[T, h, w]`, `[h, w]` or `[T, h*w]`), `frames` (uint8
         `[T, H, W, 3]` or `[H, W, 3]`), or the media itself under `image`/`video`/`path` (a path, bytes,
-        a PIL image or a uint8 array). Videos keep `max_frames` frames spread uniformly.
+        a PIL image or a uint8 array). Videos keep `max_frames` frames spread uniformly. `context`: the
+        video part this one continues (a VQGAN with motion codes codes its first frame from the last
+        frame of that one; others code every frame alone).
         """
         kind = part.get("type")
         if "codes" in part:
             return self._checked_codes(part["codes"], kind)
+        pixels = self._pixels_of(part)
+        before = None if context is None or not self.vqgan.config.motion_max_shift else self._pixels_of(context)
+        with torch.no_grad():
+            codes = self.vqgan.encode_video(pixels, context=before)
+        return codes.cpu().numpy().astype(np.int64)
+
+    def _pixels_of(self, part: dict) -> torch.Tensor:
+        """A media part -> its frames as the VQGAN reads them, `[T, 3, R, R]` in [-1, 1] on its device."""
+        kind = part.get("type")
+        parameter = next(self.vqgan.parameters(), None)
+        if "codes" in part:
+            codes = torch.from_numpy(self._checked_codes(part["codes"], kind))
+            return self.vqgan.decode_video(codes.to(parameter.device if parameter is not None else "cpu"))
         if "frames" in part:
             frames = np.asarray(part["frames"])
         else:
@@ -306,16 +321,35 @@ class LWMProcessor:
         if kind == "video" and frames.ndim == 4 and self.config.max_frames:
             frames = frames[media.sample_indices(len(frames), self.config.max_frames)]
         pixels = media.preprocess(frames, self.vqgan.config.resolution)
-        parameter = next(self.vqgan.parameters(), None)
-        if parameter is not None:
-            pixels = pixels.to(parameter.device)
-        with torch.no_grad():
-            codes = self.vqgan.encode_video(pixels)
-        return codes.cpu().numpy().astype(np.int64)
+        return pixels if parameter is None else pixels.to(parameter.device)
+
+    def _with_continuations(self, messages: list[dict]) -> list[dict]:
+        """Messages whose video parts marked `"continues": true` are coded from the video part before them
+        (`encode_media(part, context)`), so a continuation's codes follow its context's."""
+        previous, resolved = None, []
+        for index, message in enumerate(messages):
+            content = message.get("content") if isinstance(message, dict) else None
+            if not isinstance(content, list):
+                resolved.append(message)
+                continue
+            parts = []
+            for part in content:
+                if isinstance(part, dict) and part.get("type") == "video":
+                    if part.get("continues") and "codes" not in part:
+                        if previous is None:
+                            raise ValueError(f"message {index}: a video part continues no video before it")
+                        part = {"type": "video", "codes": self._encoded(part, index, previous)}
+                    previous = part
+                parts.append(part)
+            resolved.append({**message, "content": parts})
+        return resolved
 
     def _codes_of(self, part: dict, message_index: int) -> np.ndarray:
+        return self._encoded(part, message_index)
+
+    def _encoded(self, part: dict, message_index: int, context: dict | None = None) -> np.ndarray:
         try:
-            return self.encode_media(part)
+            return self.encode_media(part, context)
         except media.MediaError as error:
             raise type(error)(f"message {message_index}, {part['type']} part: {error.source}", error.problem) from None
         except ValueError as error:

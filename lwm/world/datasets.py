@@ -107,7 +107,7 @@ def world_records(clip: Clip, files: dict[str, str], tasks: tuple[str, ...] = DE
         records.append({"messages": [
             {"role": "user", "content": [{"type": "text", "text": CONTINUATION_REQUEST},
                                          {"type": "video", "path": files["context"]}]},
-            {"role": "assistant", "content": [{"type": "video", "path": files["future"]}]},
+            {"role": "assistant", "content": [{"type": "video", "path": files["future"], "continues": True}]},
         ], "task": "video_continuation"})
     if "text" in tasks:
         records.append({"text": caption(clip, variant=3), "task": "text"})

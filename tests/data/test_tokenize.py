@@ -154,6 +154,36 @@ def test_unconditional_record_needs_no_caption(assets, tmp_path):
     np.testing.assert_array_equal(mask, (expected["labels"] != -100).numpy())
 
 
+def test_a_continuation_is_coded_from_its_context_with_motion_codes(assets, tmp_path):
+    root, _ = assets
+    torch.manual_seed(0)
+    VQGAN(VQGANConfig.from_preset("tiny", kmeans_init=False, motion_max_shift=2)).eval().save_pretrained(tmp_path / "vq")
+    frames = np.full((6, 32, 32, 3), 20, np.uint8)
+    for t in range(6):  # a square moving one pixel a frame: every patch of the continuation is a motion
+        frames[t, 8:14, 4 + t : 10 + t] = 230
+    media.save_video(frames[:3], root / "media/context.mp4", fps=4, lossless=True)
+    media.save_video(frames[3:], root / "media/future.mp4", fps=4, lossless=True)
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "go on"}, {"type": "video", "path": "media/context.mp4"}]},
+        {"role": "assistant", "content": [{"type": "video", "path": "media/future.mp4", "continues": True}]},
+    ]
+    manifest = root / "continuation.jsonl"
+    manifest.write_text(json.dumps({"messages": messages, "task": "video_continuation"}) + "\n")
+    tokenize_manifest(config_for(assets, tmp_path / "out", manifest=str(manifest), vqgan_dir=str(tmp_path / "vq")),
+                      progress=False)
+    ids, _ = TokenizedDataset(tmp_path / "out")[0]
+    processor = LWMProcessor(load_text_tokenizer(root / "tokenizer"), VQGAN.from_pretrained(tmp_path / "vq"))
+    resolved = [{**m, "content": [{**part, "path": str(root / part["path"])} if "path" in part else part
+                                  for part in m["content"]]} for m in messages]
+    np.testing.assert_array_equal(ids, processor.apply_chat_template(resolved)["input_ids"].numpy())
+    future = processor.encode_media(resolved[1]["content"][0], resolved[0]["content"][1])
+    assert (future >= processor.vqgan.codebook_size).all()
+    alone = processor.encode_media(resolved[1]["content"][0])
+    assert (alone[0] < processor.vqgan.codebook_size).all()
+    with pytest.raises(ValueError, match="continues no video before it"):
+        processor.apply_chat_template([{"role": "user", "content": [resolved[1]["content"][0]]}])
+
+
 def test_manifest_errors_name_their_lines(tmp_path):
     manifest = tmp_path / "bad.jsonl"
     manifest.write_text("\n".join([

@@ -7,6 +7,7 @@ writes the report and PNGs, and fails a video QA bar of 0.5.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -387,13 +388,21 @@ def test_cli_passes_bars_it_meets_and_names_bad_input(tiny_model_dir, tmp_path, 
     assert "not a model folder" in capsys.readouterr().err
 
 
-def test_teacher_forcing_reads_back_a_greedy_continuation_exactly(tiny_model):
+@pytest.mark.parametrize("procedure", ["chat", "in_block"])
+def test_teacher_forcing_reads_back_a_greedy_continuation_exactly(tiny_model, procedure, monkeypatch):
     from lwm.eval.world import teacher_forced_codes
     from lwm.generation.sampling import GREEDY
 
+    monkeypatch.setattr(tiny_model, "drawing", dataclasses.replace(tiny_model.drawing, continuation_procedure=procedure))
     clip = world.generate_clip(world.split_seeds("held_out")[0])
     given = torch.from_numpy(tiny_model.processor.encode_media({"type": "video", "frames": clip.frames[:2]}))
     drawn = tiny_model.continue_codes(given, 2, GREEDY)
+    prompt = tiny_model.continuation_prompt(given).tolist()
+    block = tiny_model.processor.vision_ids(given.numpy())
+    if procedure == "chat":  # a new vision block after the request's closed one
+        assert prompt[-len(block) - 20:].count(tiny_model.processor.eov_token_id) == 1
+    else:  # the request's own block, left open after the given frames
+        assert prompt[-len(block):] == block[:-1] + [tiny_model.processor.eof_token_id]
     # each greedy code is the argmax given the codes before it, which is what teacher forcing reads
     assert torch.equal(teacher_forced_codes(tiny_model, given, drawn), drawn)
     other = (drawn + 1) % tiny_model.processor.codebook_size

@@ -306,5 +306,10 @@ def test_codes_can_start_from_the_tokenizers_code_vectors():
         assert rows.std().item() == pytest.approx(model.config.initializer_range, rel=1e-4)
         assert torch.nn.functional.cosine_similarity(rows[0], rows[1], dim=0) > 0.99
     assert torch.equal(model.vision_embed_tokens.weight[codes:], untouched)  # <eof>, <eov> and padding rows
-    with pytest.raises(ValueError, match="expected 256 code vectors"):
-        model.init_codes_from(torch.randn(10, 8))
+    with pytest.raises(ValueError, match="expected at most 256 code vectors"):
+        model.init_codes_from(torch.randn(300, 8))
+    # a codebook followed by motion tokens: the codes start from their vectors, the motion tokens stay as they were
+    motion_rows = model.vision_head.weight[10:codes].clone()
+    model.init_codes_from(torch.randn(10, 8))
+    assert torch.equal(model.vision_head.weight[10:codes], motion_rows)
+    assert not torch.equal(model.vision_head.weight[:10], motion_rows[:10])

@@ -16,17 +16,18 @@ SYSTEM = "You are a helpful assistant."
 class FakeVQGAN(torch.nn.Module):
     """4x4-pixel blocks of an 8x8 frame -> 2x2 codes (the block's mean brightness in 16 levels)."""
 
-    codebook_size, grid_size, codes_per_frame = 16, 2, 4
+    codebook_size = num_tokens = 16
+    grid_size, codes_per_frame = 2, 4
 
     def __init__(self):
         super().__init__()
-        self.config = type("Config", (), {"resolution": 8})()
+        self.config = type("Config", (), {"resolution": 8, "motion_max_shift": 0})()
 
-    def encode_video(self, pixels):
+    def encode_video(self, pixels, context=None):
         blocks = pixels.mean(1).unflatten(1, (2, 4)).unflatten(3, (2, 4)).mean((2, 4))
         return ((blocks + 1) * 8).clamp(0, 15).long()
 
-    def decode_video(self, codes):
+    def decode_video(self, codes, context=None):
         level = codes.float() / 8 - 1 + 1 / 16
         return level.repeat_interleave(4, 1).repeat_interleave(4, 2)[:, None].expand(-1, 3, -1, -1)
 
