@@ -293,7 +293,8 @@ class ByteTokenizer:
 class CodeGrid(torch.nn.Module):
     """Stands in for the VQGAN: only its code layout matters to the prompts."""
 
-    codebook_size, grid_size, codes_per_frame = 256, 2, 4
+    codebook_size = num_tokens = 256
+    grid_size, codes_per_frame = 2, 4
 
 
 def test_text_wrappers_build_lwm_prompts(model):
@@ -328,4 +329,4 @@ def test_text_wrappers_build_lwm_prompts(model):
     )
     assert torch.equal(one_pass, expected)
     with pytest.raises(ValueError, match="does not match the model"):
-        text_to_image(model, LWMProcessor(ByteTokenizer(), type("Big", (CodeGrid,), {"codebook_size": 8192})()), "x")
+        text_to_image(model, LWMProcessor(ByteTokenizer(), type("Big", (CodeGrid,), {"num_tokens": 8192})()), "x")
