@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from lwm import media
-from lwm.generation import SamplingConfig, TextOnlyLogitsProcessor, iter_tokens, vision
+from lwm.generation import FrameLayout, SamplingConfig, TextOnlyLogitsProcessor, iter_tokens, vision
 from lwm.tokenizers import CAPTION_REQUESTS, CONTINUATION_REQUEST, LWMProcessor
 
 BUNDLED = "bundled"
@@ -436,8 +436,8 @@ class LWM:
         if self.drawing.continuation_procedure == "chat":
             return ids
         block_start = int(torch.nonzero(ids >= self.processor.text_vocab_size)[0])
-        frames = len(codes) * (self.processor.codes_per_frame + 1)
-        return torch.cat([ids[:block_start + frames - 1], torch.tensor([self.processor.eof_token_id])])
+        layout = FrameLayout.from_config(self.model.config, self.processor.codes_per_frame)
+        return torch.cat([ids[:block_start], layout.frame_ids(codes.to(ids.device))])
 
     def continue_codes(self, codes: torch.Tensor, num_frames: int, sampling: SamplingConfig, *,
                        seed: int | None = None, progress: bool = False) -> torch.LongTensor:

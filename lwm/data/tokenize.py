@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from lwm.data.manifest import Record, read_manifest
 from lwm.tokenizers.modeling_vqgan import VQGAN
-from lwm.tokenizers.processing_lwm import LWMProcessor
+from lwm.tokenizers.processing_lwm import LWMProcessor, map_media_parts
 from lwm.tokenizers.text import load_text_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -153,17 +153,8 @@ def examples_of(record: Record, processor: LWMProcessor, codes_cache: dict) -> l
     if record.kind == "text":
         return [processor.text_example(record.data["text"])]
     if record.kind == "messages":
-        messages, previous_video = [], None
-        for message in record.data["messages"]:
-            if not isinstance(message["content"], list):
-                messages.append(message)
-                continue
-            content = []
-            for part in message["content"]:
-                context = previous_video if part.get("type") == "video" and part.get("continues") else None
-                content.append(_with_codes(part, processor, codes_cache, context))
-                previous_video = part if part.get("type") == "video" else previous_video
-            messages.append({**message, "content": content})
+        messages = map_media_parts(record.data["messages"],
+                                   lambda _, part, context: _with_codes(part, processor, codes_cache, context))
         return [processor.apply_chat_template(messages)]
     part = _with_codes({"type": record.kind, "path": record.data[record.kind]}, processor, codes_cache)
     direction = record.data.get("direction", "both")
@@ -174,9 +165,7 @@ def examples_of(record: Record, processor: LWMProcessor, codes_cache: dict) -> l
 
 
 def _with_codes(part: dict, processor: LWMProcessor, codes_cache: dict, context: dict | None = None) -> dict:
-    """The part with its codes (`context`: the video part it continues, as in `LWMProcessor.encode_media`)."""
-    if part["type"] == "text":
-        return part
+    """A media part as its codes (`context`: the video part it continues, as in `LWMProcessor.encode_media`)."""
     key = (part["type"], part["path"], None if context is None else context["path"])
     if key not in codes_cache:
         codes_cache[key] = processor.encode_media(part, context)

@@ -24,7 +24,7 @@ from torch import nn
 from vector_quantize_pytorch import FSQ, LFQ, VectorQuantize
 
 from lwm.tokenizers.configuration_vqgan import VQGANConfig
-from lwm.tokenizers.motion import decode_motion, encode_motion
+from lwm.tokenizers.motion import decode_motion, with_motions
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -337,10 +337,11 @@ class VQGAN(nn.Module):
         frames `[T0, 3, H, W]` they continue, codes their first frame as motion from its last one."""
         if frames.ndim < 4:
             raise ValueError(f"expected frames shaped [..., 3, H, W] with a leading frame dim, got {tuple(frames.shape)}")
-        if self.config.motion_max_shift:
-            before = None if context is None else context[-1]
-            return self._per_video(frames, 3, lambda video: encode_motion(self, video, before))
-        return self._in_chunks(self.encode, frames, 3, chunk_size)
+        codes = self._in_chunks(self.encode, frames, 3, chunk_size)
+        if not self.config.motion_max_shift:
+            return codes
+        before = None if context is None else context[-1]
+        return self._per_video(lambda video, video_codes: with_motions(video_codes, video, self.config, before), frames, codes)
 
     def decode_video(self, codes: torch.Tensor, chunk_size: int = 16, context: torch.Tensor | None = None) -> torch.Tensor:
         """Codes `[..., h, w]` -> frames `[..., 3, H, W]` (the inverse of `encode_video`); `context`: the
@@ -350,17 +351,19 @@ class VQGAN(nn.Module):
             raise ValueError(f"expected codes shaped [..., h, w] with a leading frame dim, got {tuple(codes.shape)}")
         if self.config.motion_max_shift:
             before = None if context is None else decode_motion(self, context)[-1]
-            return self._per_video(codes, 2, lambda video: decode_motion(self, video, before))
+            return self._per_video(lambda video: decode_motion(self, video, before), codes)
         return self._in_chunks(self.decode, codes, 2, chunk_size)
 
     @staticmethod
-    def _per_video(tensor: torch.Tensor, frame_dims: int, step) -> torch.Tensor:
-        """`step` on each video of `tensor` (`[T, *frame]` or `[B, T, *frame]`)."""
-        if tensor.ndim == frame_dims + 1:
-            return step(tensor)
-        if tensor.ndim != frame_dims + 2:
-            raise ValueError(f"motion codes: expected one video [T, ...] or videos [B, T, ...], got {tuple(tensor.shape)}")
-        return torch.stack([step(video) for video in tensor])
+    def _per_video(step, *videos: torch.Tensor) -> torch.Tensor:
+        """`step` on each video of `videos`: one video each (codes `[T, h, w]`, frames `[T, 3, H, W]`) or a
+        batch of them (a leading `B`); the last of `videos` is codes."""
+        codes = videos[-1]
+        if codes.ndim == 3:
+            return step(*videos)
+        if codes.ndim != 4:
+            raise ValueError(f"motion codes: expected one video [T, ...] or videos [B, T, ...], got codes {tuple(codes.shape)}")
+        return torch.stack([step(*video) for video in zip(*videos)])
 
     def _in_chunks(self, step, tensor: torch.Tensor, frame_dims: int, chunk_size: int) -> torch.Tensor:
         """`step` (encode or decode) over the frames of `tensor` (its last `frame_dims` dims are one frame),

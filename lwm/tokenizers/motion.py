@@ -56,19 +56,19 @@ def choose_motions(previous: torch.Tensor, current: torch.Tensor, max_shift: int
     return torch.where(changed, torch.where(exact.any(0), score.argmax(0), -1), 0)
 
 
-@torch.no_grad()
-def encode_motion(vqgan, frames: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
-    """One video's frames [T, 3, H, W] in [-1, 1] -> tokens [T, h, w]: codes below `codebook_size`, motions
-    after. `before`: the frame [3, H, W] these frames continue, or None when the first one starts a video."""
-    config = vqgan.config
-    tokens = torch.cat([vqgan.encode(chunk) for chunk in frames.split(16)])
+def with_motions(codes: torch.Tensor, frames: torch.Tensor, config, before: torch.Tensor | None = None) -> torch.Tensor:
+    """One video's codes [T, h, w] (each frame coded alone) -> its tokens: the codes of the patches that
+    a shift of the frame before reproduces replaced by their motion tokens (after `config.codebook_size`).
+    `frames` [T, 3, H, W] in [-1, 1] are the video's; `before`, the frame [3, H, W] it continues, or None
+    when the first frame starts a video."""
+    tokens = codes.clone()
     for t in range(len(frames)):
         previous = frames[t - 1] if t else before
         if previous is None:
             continue
         choice = choose_motions(previous, frames[t], config.motion_max_shift, config.motion_tolerance,
                                 config.downsample_factor)
-        tokens[t] = torch.where(choice >= 0, vqgan.codebook_size + choice, tokens[t])
+        tokens[t] = torch.where(choice >= 0, config.codebook_size + choice, tokens[t])
     return tokens
 
 

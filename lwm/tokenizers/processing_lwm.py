@@ -293,6 +293,8 @@ class LWMProcessor:
         kind = part.get("type")
         if "codes" in part:
             return self._checked_codes(part["codes"], kind)
+        if part.get("continues") and context is None:
+            raise ValueError('a video part marked "continues" has no video part before it')
         pixels = self._pixels_of(part)
         before = None if context is None or not self.vqgan.config.motion_max_shift else self._pixels_of(context)
         with torch.no_grad():
@@ -326,23 +328,13 @@ class LWMProcessor:
     def _with_continuations(self, messages: list[dict]) -> list[dict]:
         """Messages whose video parts marked `"continues": true` are coded from the video part before them
         (`encode_media(part, context)`), so a continuation's codes follow its context's."""
-        previous, resolved = None, []
-        for index, message in enumerate(messages):
-            content = message.get("content") if isinstance(message, dict) else None
-            if not isinstance(content, list):
-                resolved.append(message)
-                continue
-            parts = []
-            for part in content:
-                if isinstance(part, dict) and part.get("type") == "video":
-                    if part.get("continues") and "codes" not in part:
-                        if previous is None:
-                            raise ValueError(f"message {index}: a video part continues no video before it")
-                        part = {"type": "video", "codes": self._encoded(part, index, previous)}
-                    previous = part
-                parts.append(part)
-            resolved.append({**message, "content": parts})
-        return resolved
+
+        def encoded(index: int, part: dict, context: dict | None) -> dict:
+            if not part.get("continues") or "codes" in part:
+                return part
+            return {"type": "video", "codes": self._encoded(part, index, context)}
+
+        return map_media_parts(messages, encoded)
 
     def _codes_of(self, part: dict, message_index: int) -> np.ndarray:
         return self._encoded(part, message_index)
@@ -494,6 +486,28 @@ class _ChunkWriter:
     def chunks(self) -> list[_Chunk]:
         self.new_chunk()
         return self._chunks
+
+
+def map_media_parts(messages: list[dict], encode) -> list[dict]:
+    """Messages with each image or video part replaced by `encode(message_index, part, context)`: `context`
+    is the video part before it when it is marked `"continues": true` (a continuation's future follows
+    its context), else None. Anything that is not a list of parts is left as it is."""
+    previous, mapped = None, []
+    for index, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            mapped.append(message)
+            continue
+        parts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in ("image", "video"):
+                context = previous if kind == "video" and part.get("continues") else None
+                previous = part if kind == "video" else previous
+                part = encode(index, part, context)
+            parts.append(part)
+        mapped.append({**message, "content": parts})
+    return mapped
 
 
 def _split_system(messages: list[dict], default: str) -> tuple[str, list[tuple[int, dict]]]:

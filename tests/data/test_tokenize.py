@@ -178,9 +178,9 @@ def test_a_continuation_is_coded_from_its_context_with_motion_codes(assets, tmp_
     np.testing.assert_array_equal(ids, processor.apply_chat_template(resolved)["input_ids"].numpy())
     future = processor.encode_media(resolved[1]["content"][0], resolved[0]["content"][1])
     assert (future >= processor.vqgan.codebook_size).all()
-    alone = processor.encode_media(resolved[1]["content"][0])
+    alone = processor.encode_media({"type": "video", "path": resolved[1]["content"][0]["path"]})
     assert (alone[0] < processor.vqgan.codebook_size).all()
-    with pytest.raises(ValueError, match="continues no video before it"):
+    with pytest.raises(ValueError, match="has no video part before it"):
         processor.apply_chat_template([{"role": "user", "content": [resolved[1]["content"][0]]}])
 
 

@@ -28,8 +28,8 @@ def main() -> None:
     parser.add_argument("--max-shift", type=int, default=3)
     args = parser.parse_args()
     per_frame = VQGAN.from_pretrained(args.vqgan)
-    motion = VQGAN.from_pretrained(args.vqgan)
-    motion.config = dataclasses.replace(per_frame.config, motion_max_shift=args.max_shift)
+    motion = VQGAN(dataclasses.replace(per_frame.config, motion_max_shift=args.max_shift)).eval()
+    motion.load_state_dict(per_frame.state_dict())
     rows = []
     for seed in scene.split_seeds("held_out", args.clips):
         clip = scene.generate_clip(seed)
