@@ -53,6 +53,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="where in its haystack a needle is hidden, drawn uniformly between these fractions "
                             "(0: the start; default: 0 1); shallow needles in long haystacks train the longest "
                             "distances")
+    world.add_argument("--needle-keys", type=int, nargs=2, default=(1, 1), metavar=("FEWEST", "MOST"),
+                       help="needles hidden in each haystack, each with its own key, drawn uniformly between these "
+                            "(default: 1 1); with several, the question asks for one of them or for all, as the "
+                            "needle eval's multi-needle variants do")
     world.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -97,7 +101,8 @@ def _run_world(args: argparse.Namespace) -> int:
                                        tasks=tuple(args.tasks or DEFAULT_TASKS), progress=not args.no_progress,
                                        workers=args.workers, needles=args.needles,
                                        needle_chars=tuple(args.needle_chars), needle_spread=args.needle_spread,
-                                       needle_depths=tuple(args.needle_depths), qa_types=tuple(args.qa_types or QUESTION_TYPES))
+                                       needle_depths=tuple(args.needle_depths),
+                                       needle_keys=tuple(args.needle_keys), qa_types=tuple(args.qa_types or QUESTION_TYPES))
     except ValueError as error:
         print(f"lwm data world: {error}", file=sys.stderr)
         return 2

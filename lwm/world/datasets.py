@@ -118,7 +118,7 @@ def write_world_dataset(out_dir: str | Path, seeds, config: WorldConfig = WorldC
                         tasks: tuple[str, ...] = DEFAULT_TASKS, fps: float = 8.0, progress: bool = True,
                         workers: int = 1, needles: int = 0, needle_chars: tuple[int, int] = (200, 12000),
                         needle_spread: NeedleSpread = "uniform", needle_depths: tuple[float, float] = (0.0, 1.0),
-                        qa_types: tuple[str, ...] = QUESTION_TYPES) -> Path:
+                        needle_keys: tuple[int, int] = (1, 1), qa_types: tuple[str, ...] = QUESTION_TYPES) -> Path:
     """Render the clips of `seeds` under `out_dir` with their files (see `clip_files`) and write
     `out_dir/manifest.jsonl`, one JSON record per line (see `world_records`); returns its path.
 
@@ -139,7 +139,7 @@ def write_world_dataset(out_dir: str | Path, seeds, config: WorldConfig = WorldC
     for folder in ("clips", "images", "openings", "continuation"):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     # first: bad settings fail before any rendering
-    needle_examples = needle_records(needles, needle_chars, needle_spread, needle_depths)
+    needle_examples = needle_records(needles, needle_chars, needle_spread, needle_depths, keys=needle_keys)
     seeds = list(seeds)
     render_one = partial(_write_clip, out_dir=out_dir, config=config, tasks=tasks, fps=fps, qa_types=qa_types)
     manifest = out_dir / "manifest.jsonl"
@@ -157,13 +157,19 @@ NeedleSpread = Literal["uniform", "log"]
 
 
 def needle_records(count: int, chars: tuple[int, int], spread: NeedleSpread = "uniform",
-                   depths: tuple[float, float] = (0.0, 1.0), seeds: range | None = None) -> list[dict]:
-    """`count` needle-retrieval records (lwm.world.needles) at training seeds: one needle at a depth drawn
+                   depths: tuple[float, float] = (0.0, 1.0), seeds: range | None = None,
+                   keys: tuple[int, int] = (1, 1)) -> list[dict]:
+    """`count` needle-retrieval records (lwm.world.needles) at training seeds: needles at depths drawn
     uniformly from `depths` (0: the haystack's start) in a haystack whose length in characters is drawn
     from `chars` uniformly or log-uniformly (`spread`; "log" gives the short haystacks, where a model first
     learns to copy, a larger share). Shallow depths in long haystacks train the longest distances, which
     uniform depths make rare. The tokenizer does not exist yet when the world is written; its tokens per
-    character decide the lengths in tokens."""
+    character decide the lengths in tokens.
+
+    A record hides between `keys[0]` and `keys[1]` needles, each with its own key (uniformly many); with
+    more than one, the question asks for one of them or, as often, for all (the multi-needle variants of
+    the needle eval, as RULER asks). The default, one needle, draws exactly the records it always did.
+    """
     low, high = chars
     if count < 0 or not 0 < low <= high:
         raise ValueError(f"need count >= 0 and 0 < shortest <= longest haystack, got {count} and {chars}")
@@ -171,6 +177,8 @@ def needle_records(count: int, chars: tuple[int, int], spread: NeedleSpread = "u
         raise ValueError(f"needle depths must satisfy 0 <= shallowest <= deepest <= 1, got {depths}")
     if spread not in ("uniform", "log"):
         raise ValueError(f"needle spread must be 'uniform' or 'log', got {spread!r}")
+    if not 1 <= keys[0] <= keys[1] <= len(needles.KEYS):
+        raise ValueError(f"needle keys must satisfy 1 <= fewest <= most <= {len(needles.KEYS)}, got {keys}")
     seeds = split_seeds("train", count) if seeds is None else seeds
     records = []
     for seed in seeds:
@@ -179,7 +187,12 @@ def needle_records(count: int, chars: tuple[int, int], spread: NeedleSpread = "u
             length = int(rng.integers(low, high + 1))
         else:
             length = int(np.exp(rng.uniform(np.log(low), np.log(high))))
-        example = needles.make_example(length, float(rng.uniform(*depths)), seed)
+        if keys[1] == 1:
+            example = needles.make_example(length, float(rng.uniform(*depths)), seed)
+        else:
+            hidden = int(rng.integers(keys[0], keys[1] + 1))
+            ask = "all" if hidden > 1 and rng.random() < 0.5 else None
+            example = needles.make_example(length, rng.uniform(*depths, size=hidden).tolist(), seed, ask=ask)
         records.append(example.to_record())
     return records
 

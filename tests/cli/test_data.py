@@ -42,6 +42,12 @@ def test_lwm_data_world_writes_needles_and_refuses_bad_settings(tmp_path, capsys
     assert "workers must be at least 1" in capsys.readouterr().err
     assert main(["data", "world", str(tmp_path), "--clips", "1", "--needles", "1", "--needle-chars", "500", "100"]) == 2
     assert "haystack" in capsys.readouterr().err
+    assert main(["data", "world", str(tmp_path), "--clips", "1", "--needles", "1", "--needle-keys", "3", "2"]) == 2
+    assert "needle keys" in capsys.readouterr().err
+    assert main(["data", "world", str(tmp_path / "keys"), "--clips", "0", "--needles", "4", "--needle-keys", "4", "4",
+                 "--no-progress"]) == 0
+    for record in read_manifest(tmp_path / "keys" / "manifest.jsonl"):
+        assert record.data["messages"][0]["content"][0]["text"].count("The special magic number for") == 4
     assert main(["data", "world", str(tmp_path), "--clips", "1", "--qa-types", "speed"]) == 2
     assert "unknown question types ['speed']" in capsys.readouterr().err
 

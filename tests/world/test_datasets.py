@@ -1,6 +1,7 @@
 """The world's datasets: disjoint seed splits, the manifest records of each task, needle records."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -157,3 +158,26 @@ def test_needle_depths_put_the_needles_where_asked():
     assert shallow.min() < 0.05 and everywhere.mean() > 2 * shallow.mean()
     with pytest.raises(ValueError, match="depths"):
         world.needle_records(2, (100, 200), depths=(0.5, 0.2))
+
+
+def test_needle_records_with_several_keys_ask_for_one_or_for_all():
+    records = world.needle_records(60, (1500, 3000), keys=(2, 4))
+    hidden, asked_all = [], 0
+    for record in records:
+        context, question = record["messages"][0]["content"][0]["text"].rsplit("\n\n", 1)
+        answer = record["messages"][1]["content"][0]["text"]
+        values = dict(re.findall(r"The special magic number for (\w+) is (\d+)\.", context))
+        hidden.append(len(values))
+        if question.startswith("What are"):  # asked for all: every key named, every value answered
+            asked_all += 1
+            assert all(key in question for key in values)
+            assert sorted(answer.split(", ")) == sorted(values.values())
+        else:
+            key = question.removeprefix("What is the special magic number for ").removesuffix("?")
+            assert values[key] == answer
+    assert set(hidden) == {2, 3, 4}
+    assert 0.3 < asked_all / len(records) < 0.7
+    # one key is the records as they always were
+    assert world.needle_records(5, (300, 900), keys=(1, 1)) == world.needle_records(5, (300, 900))
+    with pytest.raises(ValueError, match="keys"):
+        world.needle_records(2, (100, 200), keys=(0, 2))
