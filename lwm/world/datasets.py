@@ -192,7 +192,11 @@ def needle_records(count: int, chars: tuple[int, int], spread: NeedleSpread = "u
         else:
             hidden = int(rng.integers(keys[0], keys[1] + 1))
             ask = "all" if hidden > 1 and rng.random() < 0.5 else None
-            example = needles.make_example(length, rng.uniform(*depths, size=hidden).tolist(), seed, ask=ask)
+            try:
+                example = needles.make_example(length, rng.uniform(*depths, size=hidden).tolist(), seed, ask=ask)
+            except ValueError:
+                raise ValueError(f"a haystack of {length} characters cannot hold {hidden} needles; make the shortest "
+                                 f"haystack longer (about 55 characters a needle)") from None
         records.append(example.to_record())
     return records
 
