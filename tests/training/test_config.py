@@ -223,7 +223,12 @@ def test_the_world_dynamics_recipe_trains_on_the_makefiles_data_and_exports_a_wh
         assert set(stage.data.mixture) == set(world.TASKS) | {"needle"} and stage.data.train_prompt_vision
     assert config.data.train_prompt_vision
     assert needles_stage.data.mixture is None  # a dataset of needles alone
-    assert {stage.seq_len for stage in config.stages} == {LWMConfig.from_preset("world-dynamics").max_position_embeddings}
+    decoder, vqgan = LWMConfig.from_preset("world-dynamics"), VQGANConfig.from_preset("world-local")
+    assert {stage.seq_len for stage in config.stages} == {decoder.max_position_embeddings}
+    # a vision id for each of the VQGAN's codes and motion tokens, every video trained with context noise
+    assert decoder.num_vision_codes == vqgan.codebook_size + vqgan.num_motions and vqgan.num_motions
+    assert all(data.vision_noise > 0 for data in (config.data, *(stage.data for stage in world_and_needles)))
+    assert DrawingConfig.from_json(config.processor.drawing).continuation_procedure == "in_block"
     trained = [line for line in recipe.splitlines() if line.startswith("lwm train ")]
     assert trained == ["lwm train configs/train/world-dynamics.yaml ",
                        "lwm train configs/train/world-dynamics.yaml --export-only --export-dir runs/world-dynamics/export"]
