@@ -200,7 +200,7 @@ class LWMProcessor:
             self._write_parts(writer, parts, index, trained=True, first_separator="")
         else:  # LWM's generation prompt: the reply opens with " <vision>" in the prompt chunk
             writer.text(" " + VISION_START, trained=False)
-            self._write_vision(writer, self._codes_of(parts[0], index), trained=True, opened=True)
+            self._write_vision(writer, self._encoded(parts[0], index), trained=True, opened=True)
             self._write_parts(writer, parts[1:], index, trained=True, first_separator="", after_media=True)
         writer.token(self.eos_token_id, trained=True)
 
@@ -219,7 +219,7 @@ class LWMProcessor:
             else:
                 if previous == "text":
                     writer.text("\n", trained=trained)
-                self._write_vision(writer, self._codes_of(part, index), trained=trained)
+                self._write_vision(writer, self._encoded(part, index), trained=trained)
                 previous = "media"
 
     def _write_vision(self, writer: "_ChunkWriter", codes: np.ndarray, trained: bool, opened: bool = False) -> None:
@@ -335,9 +335,6 @@ class LWMProcessor:
             return {"type": "video", "codes": self._encoded(part, index, context)}
 
         return map_media_parts(messages, encoded)
-
-    def _codes_of(self, part: dict, message_index: int) -> np.ndarray:
-        return self._encoded(part, message_index)
 
     def _encoded(self, part: dict, message_index: int, context: dict | None = None) -> np.ndarray:
         try:

@@ -187,16 +187,13 @@ def needle_records(count: int, chars: tuple[int, int], spread: NeedleSpread = "u
             length = int(rng.integers(low, high + 1))
         else:
             length = int(np.exp(rng.uniform(np.log(low), np.log(high))))
-        if keys[1] == 1:
-            example = needles.make_example(length, float(rng.uniform(*depths)), seed)
-        else:
-            hidden = int(rng.integers(keys[0], keys[1] + 1))
-            ask = "all" if hidden > 1 and rng.random() < 0.5 else None
-            try:
-                example = needles.make_example(length, rng.uniform(*depths, size=hidden).tolist(), seed, ask=ask)
-            except ValueError:
-                raise ValueError(f"a haystack of {length} characters cannot hold {hidden} needles; make the shortest "
-                                 f"haystack longer (about 55 characters a needle)") from None
+        hidden = 1 if keys[1] == 1 else int(rng.integers(keys[0], keys[1] + 1))
+        ask = "all" if hidden > 1 and rng.random() < 0.5 else None
+        try:
+            example = needles.make_example(length, rng.uniform(*depths, size=hidden).tolist(), seed, ask=ask)
+        except ValueError:
+            raise ValueError(f"a haystack of {length} characters cannot hold {hidden} needle(s); make the shortest "
+                             f"haystack longer (about 55 characters a needle)") from None
         records.append(example.to_record())
     return records
 

@@ -78,21 +78,23 @@ def prompt_for(clip: Clip) -> str:
     return _join([f"{_noun(obj, True)} moving {obj.direction}" for obj in clip.objects])
 
 
-def describe_frame(clip: Clip, frame: int) -> str:
-    """A description of one frame as a still image: "A large red circle in the top left."."""
+def describe_frame(clip: Clip, frame: int, centres: bool = False) -> str:
+    """A description of one frame as a still image: "A large red circle in the top left."; with `centres`,
+    each object's centre in pixels after its region ("... in the top left at 12, 40.")."""
     if not 0 <= frame < clip.n_frames:
         raise ValueError(f"frame {frame} is outside the clip's {clip.n_frames} frames")
     parts = []
     for obj in clip.objects:
         x, y = obj.positions[frame]
-        parts.append(f"{_noun(obj, True)} in the {region_of(x, y, clip.frame_size)}")
+        at = f" at {round(x)}, {round(y)}" if centres else ""
+        parts.append(f"{_noun(obj, True)} in the {region_of(x, y, clip.frame_size)}{at}")
     text = _join(parts) + "."
     return text[0].upper() + text[1:]
 
 
-def image_prompt_for(clip: Clip, frame: int) -> str:
-    """The text→image prompt for one frame: its description without the capital and full stop."""
-    text = describe_frame(clip, frame)
+def image_prompt_for(clip: Clip, frame: int, centres: bool = False) -> str:
+    """The text→image prompt for one frame: its description (`describe_frame`) without the capital and full stop."""
+    text = describe_frame(clip, frame, centres)
     return text[0].lower() + text[1:-1]
 
 

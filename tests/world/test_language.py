@@ -74,3 +74,16 @@ def test_questions_answer_from_the_ground_truth(clips):
             if upcoming[0][0] != upcoming[1][0]:
                 assert answers[key] == f"the {upcoming[0][1]} wall"
     assert seen_types == set(world.QUESTION_TYPES)
+
+
+def test_a_frame_described_with_centres_adds_each_objects_centre_after_its_region():
+    clip = world.generate_clip(5)
+    frame = world.still_frame(clip)
+    plain, placed = world.describe_frame(clip, frame), world.describe_frame(clip, frame, centres=True)
+    for obj in clip.objects:
+        x, y = obj.positions[frame]
+        region = obj.description(frame, clip.frame_size).region
+        assert f"{obj.colour} {obj.shape} in the {region} at {round(x)}, {round(y)}" in placed
+    assert placed.count(" at ") == len(clip.objects) and " at " not in plain
+    assert world.image_prompt_for(clip, frame, centres=True) == placed[0].lower() + placed[1:-1]
+    assert [p.colour for p in world.parse_description(placed)] == [p.colour for p in world.parse_description(plain)]

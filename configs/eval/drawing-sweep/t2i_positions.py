@@ -23,18 +23,6 @@ from lwm import world
 from lwm.eval.world import score_drawing
 
 
-def description(clip: world.Clip, frame: int, centres: bool) -> str:
-    """The still's description, "A large red circle in the top left[ at 12, 40] and ...", as describe_frame
-    words it (with `centres`, each object's centre in pixels after its region)."""
-    parts = []
-    for obj in clip.objects:
-        seen = obj.description(frame, clip.frame_size)
-        at = f" at {round(seen.centre[0])}, {round(seen.centre[1])}" if centres else ""
-        parts.append(f"a {obj.size} {obj.colour} {obj.shape} in the {seen.region}{at}")
-    text = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
-    return text[0].upper() + text[1:] + "."
-
-
 def write_manifests(world_dir: Path, out_dir: Path, clips: int) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "R.jsonl", "w") as regions, open(out_dir / "P.jsonl", "w") as centres:
@@ -43,8 +31,8 @@ def write_manifests(world_dir: Path, out_dir: Path, clips: int) -> None:
             frame = world.still_frame(clip)
             image = str((world_dir / "images" / f"{seed:07d}.png").resolve())
             for sink, with_centres in ((regions, False), (centres, True)):
-                record = {"image": image, "caption": description(clip, frame, with_centres), "task": "image_text",
-                          "direction": "generation"}
+                record = {"image": image, "caption": world.describe_frame(clip, frame, with_centres),
+                          "task": "image_text", "direction": "generation"}
                 sink.write(json.dumps(record) + "\n")
 
 
@@ -57,8 +45,8 @@ def judge(model: str, arm: str, clips: int) -> dict:
     for seed in world.split_seeds("held_out", clips):
         clip = world.generate_clip(seed)
         frame = world.still_frame(clip)
-        text = description(clip, frame, centres=arm == "P")
-        image = np.asarray(lwm.generate_image(text[0].lower() + text[1:-1], seed=seed))
+        prompt = world.image_prompt_for(clip, frame, centres=arm == "P")
+        image = np.asarray(lwm.generate_image(prompt, seed=seed))
         score = score_drawing(image, world.image_prompt_for(clip, frame), clip.frame_size)
         correct += score.correct
         for name, ok in score.checks.items():
