@@ -48,6 +48,11 @@ class VQGANConfig:
     # The (2m + 1)² motion tokens follow the codebook's codes. 0: every frame its own codes (LWM).
     motion_max_shift: int = 0
     motion_tolerance: float = 0.01
+    # k > 0 (with motion codes): every k-th frame of a video is coded whole, as a codec's key frames, so a
+    # reader finds the objects' looks again later in the video and a wrong shift carries k frames at most.
+    # Frames count from the start of each video part; a part that continues another does not start with
+    # one. 0: only a video's first frame is coded whole.
+    motion_key_interval: int = 0
 
     # quantizer: "vq" (vector-quantize-pytorch VectorQuantize), "fsq" or "lfq"
     quantizer: str = "vq"
@@ -72,6 +77,10 @@ class VQGANConfig:
         if self.motion_max_shift < 0 or self.motion_tolerance < 0:
             raise ValueError(f"motion_max_shift and motion_tolerance must be non-negative, got "
                              f"{self.motion_max_shift} and {self.motion_tolerance}")
+        if self.motion_key_interval < 0:
+            raise ValueError(f"motion_key_interval must be non-negative, got {self.motion_key_interval}")
+        if self.motion_key_interval and not self.motion_max_shift:
+            raise ValueError("motion_key_interval needs motion codes (motion_max_shift > 0)")
         if self.motion_max_shift and self.temporal_compression > 1:
             raise ValueError("motion codes and temporal_compression > 1 are two ways to code time: choose one")
         if self.num_res_blocks < 1:

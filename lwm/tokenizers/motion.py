@@ -8,6 +8,9 @@ frame so reproduces the true patch, or the VQGAN's code of the patch when no shi
 at constant speed is then one motion token at every patch it covers, frame after frame, and background
 that stays plain is the still token.
 
+With `VQGANConfig.motion_key_interval` k > 0, every k-th frame is coded whole too (a codec's I-frames), so
+the objects' colours and shapes are told again for a reader.
+
 Motion token i (after the VQGAN's `codebook_size` codes) is the shift `motion_shifts(m)[i]`. The choice is
 made on the true frames; a patch given by a shift copies the *decoded* frame before (a closed loop, as in
 codecs), so a drawn object keeps the look its first frame gave it.
@@ -60,11 +63,12 @@ def with_motions(codes: torch.Tensor, frames: torch.Tensor, config, before: torc
     """One video's codes [T, h, w] (each frame coded alone) -> its tokens: the codes of the patches that
     a shift of the frame before reproduces replaced by their motion tokens (after `config.codebook_size`).
     `frames` [T, 3, H, W] in [-1, 1] are the video's; `before`, the frame [3, H, W] it continues, or None
-    when the first frame starts a video."""
+    when the first frame starts a video. Key frames (`config.motion_key_interval`) keep their codes."""
     tokens = codes.clone()
+    interval = config.motion_key_interval
     for t in range(len(frames)):
         previous = frames[t - 1] if t else before
-        if previous is None:
+        if previous is None or (t and interval and t % interval == 0):
             continue
         choice = choose_motions(previous, frames[t], config.motion_max_shift, config.motion_tolerance,
                                 config.downsample_factor)

@@ -42,6 +42,8 @@ def test_motion_tokens_follow_the_codebook_still_first():
         VQGANConfig.from_preset("tiny", motion_max_shift=2, temporal_compression=2)
     with pytest.raises(ValueError, match="must be non-negative"):
         VQGANConfig.from_preset("tiny", motion_max_shift=-1)
+    with pytest.raises(ValueError, match="motion_key_interval needs motion codes"):
+        VQGANConfig.from_preset("tiny", motion_key_interval=4)
 
 
 def test_a_moving_object_is_one_motion_token_and_keeps_its_first_look(model):
@@ -88,6 +90,23 @@ def test_a_continuation_is_coded_and_drawn_from_the_video_it_continues(model):
     torch.testing.assert_close(model.decode_video(continued, context=tokens[:3]), model.decode_video(tokens)[3:])
     # videos in a batch are coded one by one
     assert torch.equal(model.encode_video(torch.stack([video, video.flip(0)]))[0], tokens)
+
+
+def test_key_frames_are_coded_whole_and_a_continuation_starts_with_motion(model):
+    keyed = VQGAN(VQGANConfig(**{**model.config.to_dict(), "motion_key_interval": 3})).eval()
+    keyed.load_state_dict(model.state_dict())
+    video = square_video(start=(4, 2), step=(1, 2), frames=8)
+    tokens = keyed.encode_video(video)
+    for t in range(8):
+        if t % 3 == 0:
+            assert torch.equal(tokens[t], model.encode(video[t : t + 1])[0])
+        else:
+            assert torch.equal(tokens[t], model.encode_video(video)[t])  # the same motion as without keys
+    # a key frame shows the true frame, so what a motion frame got wrong before it does not carry on
+    frames = keyed.decode_video(tokens)
+    torch.testing.assert_close(frames[3], model.decode(tokens[3:4])[0])
+    continued = keyed.encode_video(video[2:], context=video[:2])
+    assert (continued[0] >= model.codebook_size).all() and (continued[3] < model.codebook_size).all()
 
 
 def test_a_vqgan_without_motion_codes_every_frame_alone():

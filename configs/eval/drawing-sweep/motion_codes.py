@@ -1,8 +1,8 @@
 """How a VQGAN's codes change from frame to frame, told per frame and with motion codes (docs/world-dynamics.md,
-"Motion codes"): PSNR, the share of later patches told as motion, and how many tokens change per frame, on
-held-out world clips.
+"Motion codes" and "Key frames"): PSNR, the share of later patches told as motion, and how many tokens change
+per frame, on held-out world clips. The VQGAN's own motion settings are replaced by the options'.
 
-    python configs/eval/drawing-sweep/motion_codes.py VQGAN_DIR [--clips 20] [--max-shift 3]
+    python configs/eval/drawing-sweep/motion_codes.py VQGAN_DIR [--clips 20] [--max-shift 3] [--key-interval 0]
 """
 
 from __future__ import annotations
@@ -26,10 +26,17 @@ def main() -> None:
     parser.add_argument("vqgan")
     parser.add_argument("--clips", type=int, default=20)
     parser.add_argument("--max-shift", type=int, default=3)
+    parser.add_argument("--key-interval", type=int, default=0, help="a key frame every this many frames (0: none)")
     args = parser.parse_args()
-    per_frame = VQGAN.from_pretrained(args.vqgan)
-    motion = VQGAN(dataclasses.replace(per_frame.config, motion_max_shift=args.max_shift)).eval()
-    motion.load_state_dict(per_frame.state_dict())
+    trained = VQGAN.from_pretrained(args.vqgan)
+
+    def told_as(**motion_settings) -> VQGAN:
+        model = VQGAN(dataclasses.replace(trained.config, **motion_settings)).eval()
+        model.load_state_dict(trained.state_dict())
+        return model
+
+    per_frame = told_as(motion_max_shift=0, motion_key_interval=0)
+    motion = told_as(motion_max_shift=args.max_shift, motion_key_interval=args.key_interval)
     rows = []
     for seed in scene.split_seeds("held_out", args.clips):
         clip = scene.generate_clip(seed)
