@@ -1,6 +1,8 @@
 """How a VQGAN's codes change from frame to frame, told per frame and with motion codes (docs/world-dynamics.md,
-"Motion codes" and "Key frames"): PSNR, the share of later patches told as motion, and how many tokens change
-per frame, on held-out world clips. The VQGAN's own motion settings are replaced by the options'.
+"Motion codes" and "Key frames"): PSNR, the share of later patches told as motion, how many tokens change
+per frame, and whether the world's judge still reads each clip's first frame from its codes (the static
+facts a reader of the clip has to find there), on held-out world clips. The VQGAN's own motion settings are
+replaced by the options'.
 
     python configs/eval/drawing-sweep/motion_codes.py VQGAN_DIR [--clips 20] [--max-shift 3] [--key-interval 0]
 """
@@ -13,8 +15,9 @@ import dataclasses
 import numpy as np
 
 from lwm import media
+from lwm.eval.world import score_drawing
 from lwm.tokenizers.modeling_vqgan import VQGAN
-from lwm.world import scene
+from lwm.world import image_prompt_for, scene
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -45,6 +48,7 @@ def main() -> None:
         told = media.to_uint8(motion.decode_video(tokens))
         alone = media.to_uint8(per_frame.decode_video(codes))
         moved = tokens[1:] >= motion.codebook_size
+        first_frame = score_drawing(told[0], image_prompt_for(clip, 0), clip.frame_size)
         rows.append({
             "PSNR, codes per frame": np.mean([psnr(a, b) for a, b in zip(clip.frames, alone)]),
             "PSNR, motion codes": np.mean([psnr(a, b) for a, b in zip(clip.frames, told)]),
@@ -55,6 +59,8 @@ def main() -> None:
             "tokens equal one frame before, motion codes": (tokens[2:] == tokens[1:-1]).float().mean().item(),
             "tokens changed per frame, codes per frame": (codes[2:] != codes[1:-1]).sum().item() / (len(codes) - 2),
             "tokens changed per frame, motion codes": (tokens[2:] != tokens[1:-1]).sum().item() / (len(codes) - 2),
+            "first frame decoded, judged correct": float(first_frame.correct),
+            **{f"... its {check} right": float(right) for check, right in first_frame.checks.items()},
         })
     for key in rows[0]:
         print(f"{key:50s} {np.mean([row[key] for row in rows]):.4f}")
