@@ -119,8 +119,9 @@ bundled-long: $(RUN)/long-tokens/index.json
 
 # The world-dynamics candidate (docs/world-dynamics.md): the redesign for drawing and continuing the world,
 # from scratch on 2 CPU cores (about 2 h, the step times are in the doc), exported to WD_EXPORT. Its VQGAN
-# tells a video's later frames as motion codes (lwm/presets/vqgan/world-local.json). Not yet the bundled
-# model: it continues videos but draws none from text, and reads videos worse than the shipped model.
+# tells a video's later frames as motion codes and every 8th frame whole (lwm/presets/vqgan/world-local.json).
+# Not yet the bundled model: it continues videos but draws none from text, and reads videos worse than the
+# shipped model.
 WD         := runs/world-dynamics
 WD_EXPORT  ?= $(WD)/export
 WD_TASKS   := video_caption video_qa video_conversation image_text unconditional text_to_video video_continuation text

@@ -266,9 +266,12 @@ def train_vqgan(config: VQGANTrainConfig, resume: bool = False) -> dict:
     train_items, eval_items = split_items(find_media(config.data), config)
     dataset = FrameDataset(train_items, model_config.resolution, config.frames_per_clip, consecutive=k > 1)
     clips_per_batch = max(1, config.batch_size // config.frames_per_clip)
+    # Workers are spawned, not forked: this process decodes the held-out clips first, and a worker forked
+    # after FFmpeg's decoding threads ran hangs in its first decode.
     loader = DataLoader(
         dataset, batch_size=clips_per_batch, shuffle=True, drop_last=len(dataset) >= clips_per_batch,
         num_workers=config.num_workers, collate_fn=torch.stack if k > 1 else _concat_frames,
+        multiprocessing_context="spawn" if config.num_workers else None,
     )
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=config.learning_rate, betas=(0.5, 0.9))

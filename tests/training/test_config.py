@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lwm import world
+from lwm.eval.suite import FULL
 from lwm.generation import DrawingConfig
 from lwm.model import LWMConfig
 from lwm.tokenizers.configuration_vqgan import VQGANConfig
@@ -227,6 +228,9 @@ def test_the_world_dynamics_recipe_trains_on_the_makefiles_data_and_exports_a_wh
     assert {stage.seq_len for stage in config.stages} == {decoder.max_position_embeddings}
     # a vision id for each of the VQGAN's codes and motion tokens, every video trained with context noise
     assert decoder.num_vision_codes == vqgan.codebook_size + vqgan.num_motions and vqgan.num_motions
+    # key frames tell the objects' looks again, but none falls among the frames `lwm eval` has a model draw
+    # after its context (a continuation is drawn in the context's own vision block)
+    assert vqgan.motion_key_interval >= FULL.context_frames + FULL.continuation_frames
     assert all(data.vision_noise > 0 for data in (config.data, *(stage.data for stage in world_and_needles)))
     assert DrawingConfig.from_json(config.processor.drawing).continuation_procedure == "in_block"
     trained = [line for line in recipe.splitlines() if line.startswith("lwm train ")]
