@@ -184,6 +184,6 @@ def test_train_text_reads_the_texts_of_a_manifest(world, tmp_path):
 @pytest.mark.timeout(60)
 def test_loader_workers_decode_videos_after_the_held_out_clips_were_decoded(world, tmp_path):
     # The held-out frames are decoded (FFmpeg's threads) before the workers start; workers forked from
-    # that process hung in their first decode, so `make world-dynamics` never passed its VQGAN step.
+    # that process hung in their first decode (the Makefile's VQGAN steps pass num_workers=2).
     config = train_config(world, tmp_path / "model", max_steps=2, batch_size=4, num_workers=2, eval_frames=8)
     assert lwm_main(["tokenizer", "train", config]) == 0
