@@ -118,8 +118,9 @@ bundled-long: $(RUN)/long-tokens/index.json
 	$(LWM) train configs/train/bundled-long.yaml
 
 # The world-dynamics candidate (docs/world-dynamics.md): the redesign for drawing and continuing the world,
-# from scratch on 2 CPU cores (2 h 23 min on a slow day, the step times are in the doc), exported to WD_EXPORT. Its VQGAN
-# tells a video's later frames as motion codes and every 8th frame whole (lwm/presets/vqgan/world-local.json).
+# from scratch on 2 CPU cores (2 h 23 min on a slow day, the step times are in the doc), exported to
+# WD_EXPORT. Its VQGAN tells a video's later frames as motion codes and every 8th frame whole
+# (lwm/presets/vqgan/world-local.json).
 # Not yet the bundled model: it continues videos but draws none from text, and reads videos worse than the
 # shipped model.
 WD         := runs/world-dynamics

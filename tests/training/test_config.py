@@ -215,7 +215,7 @@ def test_the_world_dynamics_recipe_trains_on_the_makefiles_data_and_exports_a_wh
     assert config.model.name_or_path == "world-dynamics" and config.model.init_codes_from_vqgan
     assert DrawingConfig.from_json(config.processor.drawing).video_frames == 4  # as the world's text -> video examples
     recipe = make_dry_run("world-dynamics")
-    stills_stage, world_stage, needles_stage, *world_and_needles = config.stages
+    stills_stage, _world_stage, needles_stage, *world_and_needles = config.stages
     assert stills_stage.data.mixture == {"image_text": 1.0} and stills_stage.data.path == config.data.path
     for data in (config.data, needles_stage.data, *(stage.data for stage in world_and_needles)):
         assert f"--out {data.path} " in recipe
