@@ -239,3 +239,19 @@ def test_the_world_dynamics_recipe_trains_on_the_makefiles_data_and_exports_a_wh
                        "lwm train configs/train/world-dynamics.yaml --export-only --export-dir runs/world-dynamics/export"]
     # the data is tokenized with the VQGAN the export holds
     assert f"--vqgan {config.processor.vqgan} " in recipe
+
+
+def test_the_stills_twice_experiment_goes_on_from_the_recipes_stills_stage_with_only_the_mixtures_changed():
+    recipe = load_config("configs/train/world-dynamics.yaml")
+    config = load_config("configs/train/world-dynamics-stills-twice.yaml")
+    assert config.model.name_or_path == f"{recipe.output_dir}/pretrained/stage0"
+    assert config.processor == recipe.processor
+    stills, *later = config.stages
+    assert stills.data.mixture == recipe.stages[0].data.mixture and stills.data.seed != recipe.stages[0].data.seed
+    assert [(stage.steps, stage.seq_len) for stage in later] == [(stage.steps, stage.seq_len) for stage in recipe.stages[1:]]
+    for index in range(1, len(recipe.stages)):
+        ours, theirs = config.stage_data(index), recipe.stage_data(index)
+        assert dataclasses.replace(ours, mixture=None) == dataclasses.replace(theirs, mixture=None)
+        if theirs.mixture:  # stills at a larger share, every other task kept
+            assert set(ours.mixture) == set(theirs.mixture)
+            assert ours.mixture["image_text"] > theirs.mixture["image_text"]
