@@ -47,6 +47,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=None,
                         help="sampling temperature of the drawing tasks (0: greedy; default: the model's drawing "
                         "settings, its drawing_config.json; text is always greedy)")
+    parser.add_argument("--log-samples", action="store_true",
+                        help="keep every clip's outputs and scores in report.json (default: the first 4 of each "
+                        "world task), to compare two models clip by clip on the same seeds")
     parser.add_argument("--trained-length", type=int, default=None, metavar="N",
                         help="the context the model was trained at, in tokens (default: its max_position_embeddings)")
     parser.add_argument("--needle-base", type=int, default=None, metavar="N",
@@ -93,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     options = EvalOptions(
         model=str(args.model), quick=args.quick, tasks=tuple(args.tasks), seeds=args.seeds, first_seed=args.first_seed,
-        video_frames=args.video_frames, temperature=args.temperature, trained_length=args.trained_length,
-        needle_base=args.needle_base,
+        video_frames=args.video_frames, temperature=args.temperature, log_samples=args.log_samples,
+        trained_length=args.trained_length, needle_base=args.needle_base,
         needle_multiples=None if args.needle_multiples is None else tuple(args.needle_multiples),
         needle_multi=None if args.needle_multi is None else tuple(args.needle_multi),
         needle_seeds=args.needle_seeds, rope_scalings=tuple(args.rope_scaling), ring=args.ring,

@@ -53,6 +53,7 @@ class EvalOptions:
     first_seed: int = 0  # the world tasks' clips start at this held-out seed (e.g. to tune on other clips)
     video_frames: int | None = None
     temperature: float | None = None  # of the drawing tasks (0: greedy; None: the model's); text is always greedy
+    log_samples: bool = False  # keep every clip's outputs and scores in the report, not a few per task
     trained_length: int | None = None  # None: the model's max_position_embeddings
     needle_base: int | None = None  # the needle lengths are its multiples; None: the trained length
     needle_multiples: tuple[int, ...] | None = None
@@ -87,6 +88,7 @@ def evaluate(lwm, folder: Path, options: EvalOptions) -> dict:
         context_frames=preset.context_frames,
         continuation_frames=preset.continuation_frames,
         temperature=options.temperature,
+        samples_kept=None if options.log_samples else WorldEvalConfig.samples_kept,
     )
     world_tasks = [task for task in WORLD_TASKS if task in options.tasks]
     results = evaluate_world(LWMSubject(lwm, temperature=options.temperature), world_tasks, world_config,

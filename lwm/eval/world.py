@@ -40,7 +40,6 @@ from lwm.world import judge
 
 WORLD_TASKS: tuple[str, ...] = ("video_qa", "conversation", "caption", "text_to_image", "text_to_video", "continuation",
                                 "tokenizer")
-SAMPLES_KEPT = 4  # examples of prompts and outputs kept in the report per task
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,9 @@ class WorldEvalConfig:
     caption_tokens: int = 96
     temperature: float | None = None  # of the drawing tasks (0: greedy; None: the model's); text is always greedy
     grid_samples: int = 4  # generated videos drawn in each task's PNG grid
+    # Prompts, outputs and scores kept in the report per task; None keeps every one, so that two models'
+    # reports on the same clips can be compared clip by clip.
+    samples_kept: int | None = 4
 
     def __post_init__(self):
         for name in ("seeds", "video_frames", "context_frames", "continuation_frames", "answer_tokens",
@@ -67,6 +69,12 @@ class WorldEvalConfig:
             raise ValueError(f"first_seed must be >= 0, got {self.first_seed}")
         if self.temperature is not None and self.temperature < 0:
             raise ValueError(f"temperature must be 0 (greedy) or positive, got {self.temperature}")
+        if self.samples_kept is not None and self.samples_kept < 0:
+            raise ValueError(f"samples_kept must be >= 0 or None (every one), got {self.samples_kept}")
+
+    def keeps_sample(self, kept: int) -> bool:
+        """Whether a task that has kept `kept` samples keeps the next one."""
+        return self.samples_kept is None or kept < self.samples_kept
 
 
 class Subject(Protocol):
@@ -223,7 +231,7 @@ def evaluate_video_qa(subject: Subject, clips: list[world.Clip], config: WorldEv
             if qa.type == "direction":
                 for part, part_right in zip(("horizontal", "vertical"), judge.direction_parts_right(reply, qa)):
                     direction_parts.add(part, part_right)
-            if len(samples) < SAMPLES_KEPT:
+            if config.keeps_sample(len(samples)):
                 samples.append({"seed": clip.seed, "question": qa.question, "answer": qa.answer, "reply": reply,
                                 "correct": right})
     by_type = tally.summary()
@@ -245,11 +253,12 @@ def evaluate_conversation(subject: Subject, clips: list[world.Clip], config: Wor
     for clip in tqdm(clips, desc="conversation", disable=not progress):
         qas = world.conversation_questions(clip)
         replies = subject.converse(clip.frames, [qa.question for qa in qas], config.answer_tokens)
-        for turn, (qa, reply) in enumerate(zip(qas, replies)):
-            tally.add("first_turn" if turn == 0 else "later_turns", judge.score_answer(reply, qa))
-        if len(samples) < SAMPLES_KEPT:
+        rights = [judge.score_answer(reply, qa) for qa, reply in zip(qas, replies)]
+        for turn, right in enumerate(rights):
+            tally.add("first_turn" if turn == 0 else "later_turns", right)
+        if config.keeps_sample(len(samples)):
             samples.append({"seed": clip.seed, "questions": [qa.question for qa in qas],
-                            "answers": [qa.answer for qa in qas], "replies": replies})
+                            "answers": [qa.answer for qa in qas], "replies": replies, "correct": rights})
     by_turn = tally.summary()
     metrics = {"accuracy": sum(tally.correct.values()) / sum(tally.total.values())}
     metrics.update({f"{turn}.accuracy": entry["accuracy"] for turn, entry in by_turn.items()})
@@ -263,7 +272,7 @@ def evaluate_caption(subject: Subject, clips: list[world.Clip], config: WorldEva
     for clip in tqdm(clips, desc="captions", disable=not progress):
         [text] = subject.answer(clip.frames, [CAPTION_REQUESTS["video"]], config.caption_tokens)
         scores.append(judge.score_caption(text, clip))
-        if len(samples) < SAMPLES_KEPT:
+        if config.keeps_sample(len(samples)):
             samples.append({"seed": clip.seed, "truth": world.caption(clip), "caption": text,
                             "checks": scores[-1].checks})
     return TaskResult({**_judged(scores), "seeds": [clip.seed for clip in clips], "samples": samples})
@@ -276,7 +285,7 @@ def evaluate_text_to_image(subject: Subject, clips: list[world.Clip], config: Wo
         prompt = world.image_prompt_for(clip, world.still_frame(clip))
         image = subject.draw_image(prompt, seed=clip.seed)
         scores.append(score_drawing(image, prompt, clip.frame_size))
-        if len(samples) < SAMPLES_KEPT:
+        if config.keeps_sample(len(samples)):
             samples.append({"seed": clip.seed, "prompt": prompt, "checks": scores[-1].checks})
         if len(grid) < config.grid_samples:
             grid.append((_label(prompt, scores[-1].correct), image[None]))
@@ -290,7 +299,7 @@ def evaluate_text_to_video(subject: Subject, clips: list[world.Clip], config: Wo
         prompt = world.prompt_for(clip)
         video = subject.draw_video(prompt, config.video_frames, seed=clip.seed)
         scores.append(score_drawing(video, prompt, clip.frame_size))
-        if len(samples) < SAMPLES_KEPT:
+        if config.keeps_sample(len(samples)):
             samples.append({"seed": clip.seed, "prompt": prompt, "checks": scores[-1].checks})
         if len(grid) < config.grid_samples:
             grid.append((_label(prompt, scores[-1].correct), video))
@@ -330,7 +339,7 @@ def evaluate_continuation(subject: Subject, clips: list[world.Clip], config: Wor
             forced_scores.append(score_continuation(forced, future))
             for name, drawn in (("free_running", frames), ("teacher_forced", forced), ("static_baseline", still)):
                 agreement[name].append(code_agreement(vqgan, drawn, future.frames, context.frames[-1]))
-        if len(samples) < SAMPLES_KEPT:
+        if config.keeps_sample(len(samples)):
             samples.append({"seed": clip.seed, "trajectory_error": scores[-1].trajectory_error,
                             "found": scores[-1].found, "direction_kept": scores[-1].direction_kept})
         if len(grid) < config.grid_samples:

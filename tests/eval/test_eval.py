@@ -143,6 +143,22 @@ def test_conversation_keeps_the_turns_apart(clips):
     assert summary["samples"][0]["questions"] == [qa.question for qa in turns[0]]
 
 
+def test_logged_samples_give_every_clips_outcome_for_a_comparison_clip_by_clip(clips):
+    tasks = ["video_qa", "conversation", "caption", "text_to_image", "continuation"]
+    few = evaluate_world(StandingStill(clips, CONFIG), tasks, dataclasses.replace(CONFIG, samples_kept=1))
+    every = evaluate_world(StandingStill(clips, CONFIG), tasks, dataclasses.replace(CONFIG, samples_kept=None))
+    assert all(len(few[task].summary["samples"]) == 1 for task in tasks)
+    for task in ("conversation", "caption", "text_to_image", "continuation"):
+        assert [sample["seed"] for sample in every[task].summary["samples"]] == [clip.seed for clip in clips]
+    assert len(every["video_qa"].summary["samples"]) == every["video_qa"].summary["questions"]
+    kept = every["continuation"].summary["samples"]
+    assert not any(sample["direction_kept"] for sample in kept)  # standing still keeps no direction
+    turns = every["conversation"].summary["samples"]
+    assert all(sample["correct"] == [True] * len(sample["questions"]) for sample in turns)
+    with pytest.raises(ValueError, match="samples_kept"):
+        WorldEvalConfig(samples_kept=-1)
+
+
 def test_drawings_are_judged_at_world_size(clips):
     small = np.stack([np.asarray(Image.fromarray(f).resize((32, 32), Image.Resampling.BICUBIC)) for f in clips[0].frames])
     assert at_world_size(small, 64).shape == clips[0].frames.shape
@@ -349,7 +365,7 @@ def test_random_model_runs_end_to_end_and_fails_its_bars(tiny_model_dir, tmp_pat
     folder = shutil.copytree(tiny_model_dir, tmp_path / "model")  # with bars of its own, as a shipped model has
     (folder / bars.BARS_FILE).write_text(json.dumps({"video_qa.accuracy": 0.5}))
     code = lwm_main(["eval", "--model", str(folder), "--out", str(tmp_path), "--quick", "--seeds", "1",
-                     "--video-frames", "2", "--trained-length", "160",
+                     "--video-frames", "2", "--trained-length", "160", "--log-samples",
                      "--bar", "text_to_video.accuracy>=0.5", "--bar", "tokenizer.psnr>=0",
                      "--bar", "needle.accuracy@1x>=0.5"])
     assert code == 1
@@ -370,6 +386,7 @@ def test_random_model_runs_end_to_end_and_fails_its_bars(tiny_model_dir, tmp_pat
     assert result["tasks"]["video_qa"]["seeds"] == [world.split_seeds("held_out")[0]]
     first_clip = world.generate_clip(result["tasks"]["video_qa"]["seeds"][0])
     assert result["tasks"]["video_qa"]["questions"] == len(world.questions(first_clip))
+    assert len(result["tasks"]["video_qa"]["samples"]) == len(world.questions(first_clip)) > 4  # --log-samples
     for picture in ("text_to_image.png", "text_to_video.png", "continuation.png", "needle_heatmap.png"):
         assert Image.open(tmp_path / picture).width > 0
     assert sorted(result["pictures"]) == sorted(["text_to_image.png", "text_to_video.png", "continuation.png",
