@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: install chat test test-slow lint constraints bundled bundled-data bundled-long world-dynamics world-dynamics-data clean
+.PHONY: install chat test test-slow lint constraints bundled bundled-data bundled-long world-dynamics world-dynamics-data world-dynamics-long clean
 
 install: $(STAMP)
 
@@ -159,9 +159,22 @@ $(WD)/needles-short-tokens/index.json: $(WD)/needles-short/manifest.jsonl $(WD_T
 
 world-dynamics-data: $(WD)/tokens/index.json $(WD)/needles-short-tokens/index.json
 
+# 20,000 distinct stills (the first 5000 the decoder's world's own) for the longer recipe's stills stage.
+$(WD)/stills/manifest.jsonl: | install
+	$(LWM) data world $(WD)/stills --clips 20000 --tasks image_text --workers $(WORKERS)
+
+$(WD)/stills-tokens/index.json: $(WD)/stills/manifest.jsonl $(WD_TOKENIZE_DEPS)
+	$(WD_TOKENIZE)
+
 world-dynamics: world-dynamics-data
 	$(LWM) train configs/train/world-dynamics.yaml $(TRAIN_ARGS)
 	$(LWM) train configs/train/world-dynamics.yaml --export-only --export-dir $(WD_EXPORT)
+
+# The same stages, longer, over two sessions (configs/train/world-dynamics-long.yaml): run it again in the
+# next session and it goes on from its last checkpoint.
+world-dynamics-long: world-dynamics-data $(WD)/stills-tokens/index.json
+	$(LWM) train configs/train/world-dynamics-long.yaml --resume auto $(TRAIN_ARGS)
+	$(LWM) train configs/train/world-dynamics-long.yaml --export-only --export-dir runs/world-dynamics-long/export
 
 clean:
 	rm -rf $(VENV) build *.egg-info

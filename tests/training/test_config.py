@@ -255,3 +255,26 @@ def test_the_stills_twice_experiment_goes_on_from_the_recipes_stills_stage_with_
         if theirs.mixture:  # stills at a larger share, every other task kept
             assert set(ours.mixture) == set(theirs.mixture)
             assert ours.mixture["image_text"] > theirs.mixture["image_text"]
+
+
+def test_the_two_session_recipe_runs_the_recipes_stages_longer_on_the_makefiles_data_and_resumes():
+    recipe = load_config("configs/train/world-dynamics.yaml")
+    config = load_config("configs/train/world-dynamics-long.yaml")
+    assert (config.model, config.processor) == (recipe.model, recipe.processor)
+    assert [(stage.name, stage.seq_len) for stage in config.stages] == [(stage.name, stage.seq_len) for stage in recipe.stages]
+    assert all(ours.steps >= theirs.steps for ours, theirs in zip(config.stages, recipe.stages))
+    commands = make_dry_run("world-dynamics-long")
+    stills = config.stage_data(0)
+    assert stills.mixture == {"image_text": 1.0} and f"--out {stills.path} " in commands
+    assert rendered_tasks(commands, stills.path.replace("-tokens", "")) == {"image_text"}
+    for index in range(1, len(recipe.stages)):
+        ours, theirs = config.stage_data(index), recipe.stage_data(index)
+        assert dataclasses.replace(ours, mixture=None) == dataclasses.replace(theirs, mixture=None)
+        if theirs.mixture:  # stills at a larger share, every other task kept
+            assert set(ours.mixture) == set(theirs.mixture)
+            assert ours.mixture["image_text"] > theirs.mixture["image_text"]
+            assert sum(ours.mixture.values()) == pytest.approx(1.0)
+    trained = [line for line in commands.splitlines() if line.startswith("lwm train ")]
+    export = "--export-only --export-dir runs/world-dynamics-long/export"
+    assert trained == ["lwm train configs/train/world-dynamics-long.yaml --resume auto ",
+                       f"lwm train configs/train/world-dynamics-long.yaml {export}"]
