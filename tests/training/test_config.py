@@ -241,6 +241,18 @@ def test_the_world_dynamics_recipe_trains_on_the_makefiles_data_and_exports_a_wh
     assert f"--vqgan {config.processor.vqgan} " in recipe
 
 
+def assert_later_stages_raise_only_the_stills_share(config, recipe):
+    """After the stills stage, `config` reads the recipe's data with stills (image_text) at a larger share
+    of each mixture, every other task kept; the weights sum to 1 (to rounding), so a share is as stated."""
+    for index in range(1, len(recipe.stages)):
+        ours, theirs = config.stage_data(index), recipe.stage_data(index)
+        assert dataclasses.replace(ours, mixture=None) == dataclasses.replace(theirs, mixture=None)
+        if theirs.mixture:
+            assert set(ours.mixture) == set(theirs.mixture)
+            assert ours.mixture["image_text"] > theirs.mixture["image_text"]
+            assert sum(ours.mixture.values()) == pytest.approx(1.0, abs=0.005)
+
+
 def test_the_stills_twice_experiment_goes_on_from_the_recipes_stills_stage_with_only_the_mixtures_changed():
     recipe = load_config("configs/train/world-dynamics.yaml")
     config = load_config("configs/train/world-dynamics-stills-twice.yaml")
@@ -249,12 +261,7 @@ def test_the_stills_twice_experiment_goes_on_from_the_recipes_stills_stage_with_
     stills, *later = config.stages
     assert stills.data.mixture == recipe.stages[0].data.mixture and stills.data.seed != recipe.stages[0].data.seed
     assert [(stage.steps, stage.seq_len) for stage in later] == [(stage.steps, stage.seq_len) for stage in recipe.stages[1:]]
-    for index in range(1, len(recipe.stages)):
-        ours, theirs = config.stage_data(index), recipe.stage_data(index)
-        assert dataclasses.replace(ours, mixture=None) == dataclasses.replace(theirs, mixture=None)
-        if theirs.mixture:  # stills at a larger share, every other task kept
-            assert set(ours.mixture) == set(theirs.mixture)
-            assert ours.mixture["image_text"] > theirs.mixture["image_text"]
+    assert_later_stages_raise_only_the_stills_share(config, recipe)
 
 
 def test_the_two_session_recipe_runs_the_recipes_stages_longer_on_the_makefiles_data_and_resumes():
@@ -267,13 +274,7 @@ def test_the_two_session_recipe_runs_the_recipes_stages_longer_on_the_makefiles_
     stills = config.stage_data(0)
     assert stills.mixture == {"image_text": 1.0} and f"--out {stills.path} " in commands
     assert rendered_tasks(commands, stills.path.replace("-tokens", "")) == {"image_text"}
-    for index in range(1, len(recipe.stages)):
-        ours, theirs = config.stage_data(index), recipe.stage_data(index)
-        assert dataclasses.replace(ours, mixture=None) == dataclasses.replace(theirs, mixture=None)
-        if theirs.mixture:  # stills at a larger share, every other task kept
-            assert set(ours.mixture) == set(theirs.mixture)
-            assert ours.mixture["image_text"] > theirs.mixture["image_text"]
-            assert sum(ours.mixture.values()) == pytest.approx(1.0)
+    assert_later_stages_raise_only_the_stills_share(config, recipe)
     trained = [line for line in commands.splitlines() if line.startswith("lwm train ")]
     export = "--export-only --export-dir runs/world-dynamics-long/export"
     assert trained == ["lwm train configs/train/world-dynamics-long.yaml --resume auto ",
