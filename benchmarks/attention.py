@@ -9,7 +9,8 @@ is its own; the reported memory is that peak minus the resident size just before
 included). Times are medians of wall-clock and of the process's CPU time: on a quiet machine they
 agree; on a shared one the CPU time still measures the work done.
 "Packed" splits the sequence into 4 documents: SDPA then needs a dense seq x seq mask, blockwise
-does not.
+does not. Blockwise gives each document to the fused kernel in one call (its chunks only cut what
+needs a mask tensor), so it takes no chunk size here.
 
 On CUDA (bf16, 16 heads x head_dim 128) all cases run in this process: times are medians of CUDA
 event timings after a warm-up, memory is torch.cuda.max_memory_allocated during one step minus what
@@ -35,10 +36,10 @@ from common import machine, median_seconds, peak_bytes, print_table, resident_by
 
 from lwm.model.attention import blockwise_attention  # noqa: E402
 
-HEADS, HEAD_DIM, CHUNK = 4, 64, 1024
+HEADS, HEAD_DIM = 4, 64
 HEADERS = ["mask", "seq", "blockwise s", "sdpa s", "sdpa/blockwise", "blockwise CPU s", "sdpa CPU s",
            "sdpa/blockwise (CPU)", "blockwise MB", "sdpa MB"]
-CUDA_HEADS, CUDA_HEAD_DIM, CUDA_CHUNK = 16, 128, 4096
+CUDA_HEADS, CUDA_HEAD_DIM = 16, 128
 CUDA_SDPA_BACKEND = {"causal": SDPBackend.FLASH_ATTENTION, "packed": SDPBackend.EFFICIENT_ATTENTION}
 CUDA_HEADERS = ["mask", "seq", "blockwise ms", "sdpa ms", "sdpa/blockwise", "blockwise MB", "sdpa MB",
                 "sdpa/blockwise (MB)"]
@@ -50,7 +51,7 @@ def available_bytes() -> int:
     return int(line.split()[1]) * 1024
 
 
-def make_step(method: str, mask: str, length: int, heads: int, head_dim: int, chunk: int, dtype, device):
+def make_step(method: str, mask: str, length: int, heads: int, head_dim: int, dtype, device):
     """The inputs and a closure running one forward + backward of `method` on them."""
     q, k, v = (torch.randn(1, heads, length, head_dim, dtype=dtype, device=device, requires_grad=True) for _ in range(3))
     segments = None
@@ -59,7 +60,7 @@ def make_step(method: str, mask: str, length: int, heads: int, head_dim: int, ch
 
     def step():
         if method == "blockwise":
-            out = blockwise_attention(q, k, v, causal=True, segment_ids=segments, q_chunk=chunk, kv_chunk=chunk)
+            out = blockwise_attention(q, k, v, causal=True, segment_ids=segments)
         elif segments is None:
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -78,21 +79,21 @@ def worker(method: str, mask: str, length: int, repeats: int) -> dict:
         return {"error": f"skipped: needs ~{6 * length**2 / 2**30:.0f} GB"}
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    _, step = make_step(method, mask, length, HEADS, HEAD_DIM, CHUNK, torch.float32, "cpu")
+    _, step = make_step(method, mask, length, HEADS, HEAD_DIM, torch.float32, "cpu")
     before = resident_bytes()
     seconds = median_seconds(step, repeats, warmup=0 if length >= 32768 else 1)
     cpu_seconds = median_seconds(step, repeats, warmup=0, clock=time.process_time) if length < 32768 else None
     return {"seconds": seconds, "cpu_seconds": cpu_seconds or seconds, "peak_mb": (peak_bytes() - before) / 2**20}
 
 
-def cuda_case(method: str, mask: str, length: int, repeats: int, chunk: int) -> dict:
+def cuda_case(method: str, mask: str, length: int, repeats: int) -> dict:
     """Median milliseconds (CUDA events, after a warm-up) and peak MB of one fwd+bwd, bf16, on the GPU."""
     # SDPA's packed case peaks at about 4.5 bytes per pair (measured at 64K on an H100): mask, bias, temporaries.
     if method == "sdpa" and mask == "packed" and 8 * length**2 > 0.5 * torch.cuda.mem_get_info()[1]:
         return {"error": f"skipped: needs ~{8 * length**2 / 2**30:.0f} GB"}
     torch.manual_seed(0)
     try:
-        inputs, step = make_step(method, mask, length, CUDA_HEADS, CUDA_HEAD_DIM, chunk, torch.bfloat16, "cuda")
+        inputs, step = make_step(method, mask, length, CUDA_HEADS, CUDA_HEAD_DIM, torch.bfloat16, "cuda")
 
         def timed_step() -> float:
             for tensor in inputs:
@@ -124,20 +125,19 @@ def cuda_case(method: str, mask: str, length: int, repeats: int, chunk: int) -> 
 def main_cuda(args) -> None:
     if not torch.cuda.is_available():
         sys.exit("--device cuda needs a CUDA GPU, and torch.cuda.is_available() is False on this machine")
-    chunk = args.chunk or CUDA_CHUNK
     probe = torch.zeros(1, CUDA_HEADS, 64, CUDA_HEAD_DIM, dtype=torch.bfloat16, device="cuda")
     tril = torch.ones(64, 64, dtype=torch.bool, device="cuda").tril()
     unpinned_causal = SDPBackend(torch._fused_sdp_choice(probe, probe, probe, is_causal=True)).name
     unpinned_packed = SDPBackend(torch._fused_sdp_choice(probe, probe, probe, attn_mask=tril)).name
-    print(f"# attention fwd+bwd, bf16, 1 x {CUDA_HEADS} heads x head_dim {CUDA_HEAD_DIM}, blockwise chunk {chunk}; "
+    print(f"# attention fwd+bwd, bf16, 1 x {CUDA_HEADS} heads x head_dim {CUDA_HEAD_DIM}; "
           f"{torch.cuda.get_device_name()}, torch {torch.__version__}, median of {args.repeats} after a warm-up; "
           f"sdpa pinned to FLASH_ATTENTION (causal) / EFFICIENT_ATTENTION (packed), "
           f"unpinned it picks {unpinned_causal} / {unpinned_packed}")
     rows = []
     for mask in args.masks:
         for length in args.lengths:
-            ours = cuda_case("blockwise", mask, length, args.repeats, chunk)
-            peer = cuda_case("sdpa", mask, length, args.repeats, chunk)
+            ours = cuda_case("blockwise", mask, length, args.repeats)
+            peer = cuda_case("sdpa", mask, length, args.repeats)
             ratio = lambda key: f"{peer[key] / ours[key]:.2f}x" if key in ours and key in peer else "-"  # noqa: E731
             fmt = lambda r, key, spec: format(r[key], spec) if key in r else r.get("error", "-")  # noqa: E731
             rows.append([mask, length, fmt(ours, "ms", ".1f"), fmt(peer, "ms", ".1f"), ratio("ms"),
@@ -153,7 +153,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, help="timed runs per point (default: 3 on CPU, 1 above 16K; 5 on CUDA)")
     parser.add_argument("--masks", nargs="+", default=["causal", "packed"])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--chunk", type=int, help=f"CUDA only: blockwise q/kv chunk (default {CUDA_CHUNK})")
     parser.add_argument("--worker", nargs=4, metavar=("METHOD", "MASK", "LENGTH", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -166,7 +165,7 @@ def main() -> None:
         return
     args.repeats = args.repeats or 3
 
-    print(f"# attention fwd+bwd, fp32, 1 x {HEADS} heads x head_dim {HEAD_DIM}, chunk {CHUNK}; {machine()}, "
+    print(f"# attention fwd+bwd, fp32, 1 x {HEADS} heads x head_dim {HEAD_DIM}; {machine()}, "
           f"torch {torch.__version__}, 1 thread per run")
     rows = []
     for mask in args.masks:

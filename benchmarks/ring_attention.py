@@ -10,12 +10,13 @@ before the timed loop (its inputs included). A time is the median over repeats o
 forward + backward, ranks started together by a barrier: "wall s" in seconds of wall clock, "CPU s"
 in CPU seconds of that rank's process (all its threads, gloo's included).
 
-- efficiency = (single-device blockwise time / W) / ring time, single-threaded everywhere, same chunk.
+- efficiency = (single-device blockwise time / W) / ring time, single-threaded everywhere. Without
+  segment ids both give whole documents / shard pieces to the fused kernel, so neither takes a chunk.
   On a quiet machine with a free core per rank the two columns agree; on a loaded one the wall
   clock mostly measures how often the scheduler runs each rank (a ring step waits for its slowest
   rank), and the CPU column still measures the work each rank does, communication included.
 - ring-attention-pytorch: its `ring_flash_attn(..., causal=True, ring_reduce_col=True)` on contiguous
-  shards with bucket_size = our chunk; it takes [batch, seq, heads, dim], so its inputs are made in
+  shards with bucket_size = PEER_BUCKET; it takes [batch, seq, heads, dim], so its inputs are made in
   that layout (no transpose is timed). Its causal ring computes masked blocks instead of skipping them.
   "/ ours" divides by ring-zigzag's time.
 """
@@ -41,7 +42,7 @@ from common import machine, peak_bytes, print_table, resident_bytes, run_worker 
 from lwm.model.attention import blockwise_attention, ring_attention  # noqa: E402
 from lwm.parallel import shard_sequence  # noqa: E402
 
-HEADS, HEAD_DIM, CHUNK = 4, 64, 1024
+HEADS, HEAD_DIM, PEER_BUCKET = 4, 64, 1024
 METHODS = ("blockwise", "ring-zigzag", "ring-contiguous", "ring-attention-pytorch")
 
 
@@ -50,7 +51,7 @@ def single_device(length: int, repeats: int) -> dict:
     q, k, v = _inputs(length, "bhnd")
 
     def step():
-        blockwise_attention(q, k, v, causal=True, q_chunk=CHUNK, kv_chunk=CHUNK).sum().backward()
+        blockwise_attention(q, k, v, causal=True).sum().backward()
 
     before = resident_bytes()
     wall, cpu = _timed(step, repeats)
@@ -78,11 +79,11 @@ def rank_main(rank: int, method: str, length: int, repeats: int, world: int, por
         from ring_attention_pytorch import ring_flash_attn
 
         q, k, v = (shard_sequence(x, 1, rank, world, "contiguous").detach().requires_grad_() for x in _inputs(length, "bnhd"))
-        attend = lambda: ring_flash_attn(q, k, v, causal=True, bucket_size=CHUNK, ring_reduce_col=True)  # noqa: E731
+        attend = lambda: ring_flash_attn(q, k, v, causal=True, bucket_size=PEER_BUCKET, ring_reduce_col=True)  # noqa: E731
     else:
         layout = method.removeprefix("ring-")
         q, k, v = (shard_sequence(x, 2, rank, world, layout).detach().requires_grad_() for x in _inputs(length, "bhnd"))
-        attend = lambda: ring_attention(q, k, v, causal=True, layout=layout, q_chunk=CHUNK, kv_chunk=CHUNK)  # noqa: E731
+        attend = lambda: ring_attention(q, k, v, causal=True, layout=layout)  # noqa: E731
 
     def step():
         dist.barrier()  # all ranks start together
@@ -131,8 +132,8 @@ def main() -> None:
         worker(method, int(length), int(repeats), int(world))
         return
 
-    print(f"# causal attention fwd+bwd, fp32, 1 x {HEADS} heads x head_dim {HEAD_DIM}, chunk {CHUNK}, W={args.world}, "
-          f"1 thread per rank; {machine()}, torch {torch.__version__}; load average {os.getloadavg()[0]:.1f}")
+    print(f"# causal attention fwd+bwd, fp32, 1 x {HEADS} heads x head_dim {HEAD_DIM}, peer bucket {PEER_BUCKET}, "
+          f"W={args.world}, 1 thread per rank; {machine()}, torch {torch.__version__}; load average {os.getloadavg()[0]:.1f}")
     headers = ["seq", "method", "wall s", "CPU s", "efficiency (wall)", "efficiency (CPU)", "wall / ours", "CPU / ours",
                "peak MB"]
     rows = []

@@ -20,7 +20,8 @@ class LWMConfig(LlamaConfig):
     vector for each to the code's embedding, and `vision_rope_3d` rotates queries and keys by them as
     well as by the position in the sequence (`lwm.model.modeling_lwm.rotary_axes`). The attention
     backend is `attn_implementation`: "sdpa", "blockwise", "ring" or "flash_attention_2";
-    `attn_q_chunk`/`attn_kv_chunk` size the blocks of blockwise and ring.
+    `attn_q_chunk`/`attn_kv_chunk` size the blocks of blockwise and ring that carry a mask tensor (a fused
+    kernel takes a whole causal document in one call; the exact non-fused one is cut everywhere).
     """
 
     model_type = "lwm"

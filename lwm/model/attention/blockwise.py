@@ -2,7 +2,10 @@
 
 The forward pass keeps only each query chunk's running (output, LSE); the backward pass recomputes
 every block pair from the saved LSE. Nothing of size seq × seq is ever stored, so forward and
-backward memory grow linearly with sequence length.
+backward memory grow linearly with sequence length. Where the block kernel is a fused one that tiles
+by itself (`kernel_tiles`), a causal document is a single block pair, so one causal sequence costs one
+kernel call, as plain SDPA does; chunks then only bound the mask tensors of segment ids that recur and
+of queries after a KV cache.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from lwm.model.attention.primitive import (
     attend_block_backward,
     block_mask,
     check_qkv,
+    kernel_tiles,
     merge_partials,
 )
 
@@ -43,15 +47,19 @@ def _documents(segment_ids: torch.Tensor) -> list[list[tuple[int, int]]] | None:
     return documents
 
 
-def _work(q_len: int, k_len: int, segment_ids, q_chunk: int, kv_chunk: int) -> list[tuple[slice, list, list]]:
+def _work(q_len: int, k_len: int, segment_ids, q_chunk: int, kv_chunk: int, whole: bool
+          ) -> list[tuple[slice, list, list]]:
     """What to attend, as (batch rows, query spans, key spans).
 
     Packed documents never see each other, so when each is one run of its segment id it is attended
     alone: no kernel call is spent on keys a query cannot see, and a document within one chunk is a
-    single unmasked call. Otherwise (segment ids that recur, or queries after a KV cache) the whole
-    batch goes over the chunk grid, with masks where segments meet.
+    single unmasked call. With `whole` (a kernel that tiles by itself) every such document, or every
+    row without segment ids, is one block pair however long. Otherwise (segment ids that recur, or
+    queries after a KV cache) the whole batch goes over the chunk grid, with masks where segments meet.
     """
     documents = _documents(segment_ids) if segment_ids is not None and q_len == k_len else None
+    if whole and q_len == k_len and (segment_ids is None or documents is not None):
+        q_chunk = kv_chunk = q_len
     if documents is None:
         q_segments = None if segment_ids is None else segment_ids[:, -q_len:]
         return [(slice(None), _spans(k_len - q_len, q_len, q_chunk, q_segments), _spans(0, k_len, kv_chunk, segment_ids))]
@@ -74,19 +82,34 @@ def _blocks(work, offset: int, causal: bool, q: torch.Tensor):
                     yield batch, rows, slice(k_span.start, k_span.end), mask
 
 
+def _one_pair(blocks: list, q_len: int, k_len: int):
+    """The mask of the only block pair when it covers every query and key (one causal sequence on a fused
+    kernel), else None: then there is nothing to merge or accumulate."""
+    if len(blocks) == 1:
+        batch, rows, cols, mask = blocks[0]
+        if batch == slice(None) and (rows.start, rows.stop, cols.start, cols.stop) == (0, q_len, 0, k_len):
+            return mask
+    return None
+
+
 class _BlockwiseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, segment_ids, causal, scale, q_chunk, kv_chunk):
         q_len, k_len = q.shape[2], k.shape[2]
         offset = k_len - q_len  # queries are the last q_len positions of the keys (a KV cache puts the past first)
-        work = _work(q_len, k_len, segment_ids, q_chunk, kv_chunk)
-        out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
-        for batch, rows, cols, mask in _blocks(work, offset, causal, q):
-            block_out, block_lse = attend_block(q[batch, :, rows], k[batch, :, cols], v[batch, :, cols], mask, scale)
-            out[batch, :, rows], lse[batch, :, rows] = merge_partials(
-                out[batch, :, rows], lse[batch, :, rows], block_out, block_lse
-            )
+        work = _work(q_len, k_len, segment_ids, q_chunk, kv_chunk, kernel_tiles(q))
+        blocks = list(_blocks(work, offset, causal, q))
+        whole = _one_pair(blocks, q_len, k_len)
+        if whole is not None:
+            out, lse = attend_block(q, k, v, whole, scale)
+        else:
+            out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+            lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
+            for batch, rows, cols, mask in blocks:
+                block_out, block_lse = attend_block(q[batch, :, rows], k[batch, :, cols], v[batch, :, cols], mask, scale)
+                out[batch, :, rows], lse[batch, :, rows] = merge_partials(
+                    out[batch, :, rows], lse[batch, :, rows], block_out, block_lse
+                )
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.settings = (causal, scale, work)
@@ -97,10 +120,14 @@ class _BlockwiseAttention(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         causal, scale, work = ctx.settings
         offset = k.shape[2] - q.shape[2]
+        blocks = list(_blocks(work, offset, causal, q))
+        whole = _one_pair(blocks, q.shape[2], k.shape[2])
+        if whole is not None:
+            return (*attend_block_backward(grad_out, q, k, v, out, lse, whole, scale), None, None, None, None, None)
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
         dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-        for batch, rows, cols, mask in _blocks(work, offset, causal, q):
+        for batch, rows, cols, mask in blocks:
             block_dq, block_dk, block_dv = attend_block_backward(
                 grad_out[batch, :, rows], q[batch, :, rows], k[batch, :, cols], v[batch, :, cols],
                 out[batch, :, rows], lse[batch, :, rows], mask, scale,
@@ -127,6 +154,8 @@ def blockwise_attention(
     q: [batch, heads, q_len, head_dim]; k, v: [batch, kv_heads, k_len, head_dim] with heads a multiple
     of kv_heads. When q_len < k_len the queries are the last q_len positions (decoding with a cache).
     segment_ids: [batch, k_len]; a query sees only keys of its own segment (packed documents).
+    q_chunk / kv_chunk cut what needs a mask tensor, or everything when the kernel is the exact
+    non-fused one (see the module docstring).
     """
     _check_shapes(q, k, v, segment_ids)
     if q_chunk < 1 or kv_chunk < 1:

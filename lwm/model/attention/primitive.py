@@ -130,6 +130,13 @@ def _pick_kernel(q, k, mask: BlockMask) -> str:
     return "reference"
 
 
+def kernel_tiles(q: torch.Tensor) -> bool:
+    """Whether `attend_block` runs these queries on a fused kernel, which tiles a block pair by itself in
+    memory linear in its length: then a pair without a mask tensor needs no cutting into chunks, and one
+    kernel call on a whole causal document saves the launches and merges of many."""
+    return _pick_kernel(q, q, BlockMask("causal")) != "reference"
+
+
 def _cpu_mask(mask: BlockMask, batch: int, heads: int) -> torch.Tensor | None:
     if mask.additive is None:
         return None

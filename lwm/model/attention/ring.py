@@ -24,6 +24,7 @@ from lwm.model.attention.primitive import (
     attend_block_backward,
     block_mask,
     check_qkv,
+    kernel_tiles,
     merge_partials,
 )
 from lwm.parallel import check_layout, rank_and_world, rank_chunks
@@ -175,18 +176,21 @@ def ring_attention(
     sequence in `layout` ("zigzag" or "contiguous", see `lwm.parallel.shard_sequence`); every rank
     holds the same n. segment_ids: [batch, n], this rank's shard of the document ids (packed
     sequences); a query sees only keys of its own document. q_chunk / kv_chunk split each shard
-    piece into blocks of at most that many positions (bounds the memory of segment masks and of
-    the non-fused kernel); None keeps whole pieces. Every rank of the group must call it together.
+    piece into blocks of at most that many positions, which bounds the memory of segment masks and of
+    the non-fused kernel; without segment ids a fused kernel (`kernel_tiles`) tiles by itself and
+    takes whole pieces, as None asks. Every rank of the group must call it together.
     """
     check_layout(layout)
     _check_shapes(q, k, v, segment_ids)
+    for name, chunk in (("q_chunk", q_chunk), ("kv_chunk", kv_chunk)):
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"{name} must be positive, got {chunk}")
+    if segment_ids is None and kernel_tiles(q):
+        q_chunk = kv_chunk = None
     ring = _Ring(group, layout, causal, q_chunk, kv_chunk)
     pieces = len(rank_chunks(layout, ring.rank, ring.world))
     if q.shape[2] % pieces:
         raise ValueError(f"a {layout} shard holds {pieces} equal pieces; its length {q.shape[2]} is not a multiple")
-    for name, chunk in (("q_chunk", q_chunk), ("kv_chunk", kv_chunk)):
-        if chunk is not None and chunk < 1:
-            raise ValueError(f"{name} must be positive, got {chunk}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return _RingAttention.apply(q, k, v, segment_ids, ring, scale)
 

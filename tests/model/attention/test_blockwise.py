@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lwm.model.attention import blockwise_attention
+from lwm.model.attention import blockwise, blockwise_attention
 from lwm.model.attention.blockwise import _documents
 from lwm.model.attention.primitive import BlockSpan, attend_block, block_mask, merge_partials
 
@@ -41,11 +41,20 @@ def recurring_segments(batch, length, generator):
     return torch.where(segments == 3, 1, segments)
 
 
+@pytest.fixture(params=[True, False], ids=["fused-whole-documents", "chunk-grid"])
+def kernel_tiles(request, monkeypatch):
+    """Both ways blockwise cuts its work: whole documents (a fused kernel, as on CPU) and the chunk grid
+    that the exact non-fused kernel gets on other devices."""
+    if not request.param:
+        monkeypatch.setattr(blockwise, "kernel_tiles", lambda q: False)
+    return request.param
+
+
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("packed", [None, packed_segments, recurring_segments])
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2)])
 @pytest.mark.parametrize("q_len,k_len", [(37, 37), (64, 64), (5, 37)])
-def test_blockwise_matches_reference(causal, packed, heads, kv_heads, q_len, k_len):
+def test_blockwise_matches_reference(causal, packed, heads, kv_heads, q_len, k_len, kernel_tiles):
     generator = torch.Generator().manual_seed(q_len * 7 + heads)
     shape = lambda h, n: (2, h, n, 16)  # noqa: E731
     q = torch.randn(shape(heads, q_len), generator=generator, requires_grad=True)
@@ -72,6 +81,26 @@ def test_blockwise_matches_sdpa_fused():
     out = blockwise_attention(q, k, v, causal=True, q_chunk=32, kv_chunk=16)
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("packed", [None, packed_segments])
+def test_a_fused_kernel_takes_each_causal_document_in_one_call(packed, monkeypatch):
+    """One causal sequence costs one kernel call, as plain SDPA does, not one per block pair of chunks."""
+    calls = []
+
+    def counted(q, k, v, mask, scale):
+        calls.append(mask.kind)
+        return attend_block(q, k, v, mask, scale)
+
+    monkeypatch.setattr(blockwise, "attend_block", counted)
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, 64, 16, generator=generator, requires_grad=True) for _ in range(3))
+    segments = packed(2, 64, generator) if packed else None
+    out = blockwise_attention(q, k, v, causal=True, segment_ids=segments, q_chunk=8, kv_chunk=8)
+    documents = 1 if packed is None else sum(len(runs) for runs in _documents(segments))
+    assert calls == ["causal"] * documents
+    torch.testing.assert_close(out.double(), reference_attention(q, k, v, causal=True, segment_ids=segments),
+                               atol=1e-5, rtol=0)
 
 
 def test_bfloat16_runs_close_to_float32():

@@ -9,12 +9,13 @@ import itertools
 import pytest
 import torch
 
-from lwm.model.attention import ring_attention
+from lwm.model.attention import attend_block, ring, ring_attention
 from lwm.parallel import rank_and_world, shard_positions, shard_sequence, unshard_sequence
 from tests.helpers.distributed import run_distributed
 
 # Every combination of layout, causality, packing and head_dim; GQA in half of each, and blocks of
-# 4 queries x 3 keys (cut inside pieces) with head_dim 64, whole pieces with 128.
+# 4 queries x 3 keys (cut inside pieces) with head_dim 64, whole pieces with 128. Without segment ids
+# the fused CPU kernel takes whole pieces whatever the chunks (`kernel_tiles`).
 CASES = [
     dict(layout=layout, causal=causal, packed=packed, head_dim=head_dim, kv_heads=2 if packed == causal else 4,
          chunks=(4, 3) if head_dim == 64 else (None, None))
@@ -105,11 +106,21 @@ def test_ring_matches_full_attention(world):
 
 
 @pytest.mark.parametrize("layout", ["zigzag", "contiguous"])
-def test_single_rank_ring_is_plain_attention(layout):
+def test_single_rank_ring_is_plain_attention(layout, monkeypatch):
+    calls = []
+
+    def counted(q, k, v, mask, scale):
+        calls.append(mask.kind)
+        return attend_block(q, k, v, mask, scale)
+
+    monkeypatch.setattr(ring, "attend_block", counted)
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, 12, 16, generator=generator, requires_grad=True) for _ in range(3))
     out = ring_attention(q, k, v, layout=layout, q_chunk=5)
     torch.testing.assert_close(out, reference_attention(q, k, v, causal=True).float(), atol=1e-5, rtol=0)
+    # Without segment ids the fused kernel takes whole pieces whatever the chunks: one call per piece pair
+    # that anything of is seen (zigzag: 2 pieces, each causal on itself, the second fully after the first).
+    assert sorted(calls) == (["causal", "causal", "full"] if layout == "zigzag" else ["causal"])
 
 
 def test_ring_rejects_bad_shapes():
