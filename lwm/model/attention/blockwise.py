@@ -59,7 +59,7 @@ def _work(q_len: int, k_len: int, segment_ids, q_chunk: int, kv_chunk: int, whol
     """
     documents = _documents(segment_ids) if segment_ids is not None and q_len == k_len else None
     if whole and q_len == k_len and (segment_ids is None or documents is not None):
-        q_chunk = kv_chunk = q_len
+        q_chunk = kv_chunk = max(q_len, 1)  # range() needs a positive step even for an empty row
     if documents is None:
         q_segments = None if segment_ids is None else segment_ids[:, -q_len:]
         return [(slice(None), _spans(k_len - q_len, q_len, q_chunk, q_segments), _spans(0, k_len, kv_chunk, segment_ids))]
