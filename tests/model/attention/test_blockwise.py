@@ -47,14 +47,14 @@ def kernel_tiles(request, monkeypatch):
     that the exact non-fused kernel gets on other devices."""
     if not request.param:
         monkeypatch.setattr(blockwise, "kernel_tiles", lambda q: False)
-    return request.param
 
 
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("packed", [None, packed_segments, recurring_segments])
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2)])
 @pytest.mark.parametrize("q_len,k_len", [(37, 37), (64, 64), (5, 37)])
-def test_blockwise_matches_reference(causal, packed, heads, kv_heads, q_len, k_len, kernel_tiles):
+@pytest.mark.usefixtures("kernel_tiles")
+def test_blockwise_matches_reference(causal, packed, heads, kv_heads, q_len, k_len):
     generator = torch.Generator().manual_seed(q_len * 7 + heads)
     shape = lambda h, n: (2, h, n, 16)  # noqa: E731
     q = torch.randn(shape(heads, q_len), generator=generator, requires_grad=True)
@@ -84,15 +84,9 @@ def test_blockwise_matches_sdpa_fused():
 
 
 @pytest.mark.parametrize("packed", [None, packed_segments])
-def test_a_fused_kernel_takes_each_causal_document_in_one_call(packed, monkeypatch):
+def test_a_fused_kernel_takes_each_causal_document_in_one_call(packed, block_calls):
     """One causal sequence costs one kernel call, as plain SDPA does, not one per block pair of chunks."""
-    calls = []
-
-    def counted(q, k, v, mask, scale):
-        calls.append(mask.kind)
-        return attend_block(q, k, v, mask, scale)
-
-    monkeypatch.setattr(blockwise, "attend_block", counted)
+    calls = block_calls(blockwise)
     generator = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(2, 2, 64, 16, generator=generator, requires_grad=True) for _ in range(3))
     segments = packed(2, 64, generator) if packed else None

@@ -9,7 +9,7 @@ import itertools
 import pytest
 import torch
 
-from lwm.model.attention import attend_block, ring, ring_attention
+from lwm.model.attention import ring, ring_attention
 from lwm.parallel import rank_and_world, shard_positions, shard_sequence, unshard_sequence
 from tests.helpers.distributed import run_distributed
 
@@ -106,14 +106,8 @@ def test_ring_matches_full_attention(world):
 
 
 @pytest.mark.parametrize("layout", ["zigzag", "contiguous"])
-def test_single_rank_ring_is_plain_attention(layout, monkeypatch):
-    calls = []
-
-    def counted(q, k, v, mask, scale):
-        calls.append(mask.kind)
-        return attend_block(q, k, v, mask, scale)
-
-    monkeypatch.setattr(ring, "attend_block", counted)
+def test_single_rank_ring_is_plain_attention(layout, block_calls):
+    calls = block_calls(ring)
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, 12, 16, generator=generator, requires_grad=True) for _ in range(3))
     out = ring_attention(q, k, v, layout=layout, q_chunk=5)
